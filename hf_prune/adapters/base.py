@@ -1,0 +1,79 @@
+"""What a model adapter tells the rest of hf-prune: the prunable scopes of every decoder layer.
+
+A *scope* is a set of interchangeable groups inside one decoder layer — the KV groups of its
+attention, or the intermediate neurons of its MLP. A *group* owns a contiguous block of rows in the
+Linear layers that produce it and a block of input columns in the Linear layer that consumes it.
+Everything downstream (masks, importance, allocation, surgery, checkpoints) works on these
+descriptions only, so no algorithm ever needs to know a module name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+ScopeKind = Literal["attention", "mlp"]
+ROWS, COLUMNS = 0, 1
+
+
+@dataclass(frozen=True)
+class LinearSlice:
+    """A Linear layer that a scope cuts: along ``dim`` (ROWS = outputs, COLUMNS = inputs), ``block``
+    consecutive rows/columns per group, group ``g`` owning ``[g * block, (g + 1) * block)``."""
+
+    path: str
+    dim: int
+    block: int
+
+
+@dataclass(frozen=True)
+class PrunableScope:
+    """The groups of one kind in one decoder layer, and the weight slices each of them owns.
+
+    ``consumer`` is the slice whose *input* carries the groups' outputs (``o_proj`` for attention,
+    ``down_proj`` for the MLP): zeroing its input block of a group is exactly removing the group,
+    which is what masks and gates do, and where activation statistics are taken.
+    """
+
+    layer: int
+    kind: ScopeKind
+    num_groups: int
+    producers: tuple[LinearSlice, ...]
+    consumer: LinearSlice
+    unit: str  # what one group is called in reports: "kv_group", "neuron"
+
+    @property
+    def name(self) -> str:
+        return f"layers.{self.layer}.{self.kind}"
+
+    @property
+    def slices(self) -> tuple[LinearSlice, ...]:
+        return (*self.producers, self.consumer)
+
+    def params_per_group(self, model: nn.Module) -> int:
+        """Weights (and bias entries) that removing one group deletes."""
+        total = 0
+        for piece in self.producers:
+            linear = model.get_submodule(piece.path)
+            total += piece.block * (linear.in_features + (linear.bias is not None))
+        consumer = model.get_submodule(self.consumer.path)
+        total += self.consumer.block * consumer.out_features
+        return total
+
+
+class ModelAdapter(ABC):
+    """Knows the module layout of one family of causal LMs. The only place where module names live."""
+
+    #: human-readable family name, for messages
+    family: str = ""
+
+    @abstractmethod
+    def scopes(self, model: nn.Module) -> list[PrunableScope]:
+        """Every prunable scope of ``model``, attention before MLP within a layer, layers in order."""
+
+    @abstractmethod
+    def num_layers(self, model: nn.Module) -> int:
+        """Number of decoder layers."""

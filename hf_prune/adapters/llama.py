@@ -1,0 +1,65 @@
+"""Adapter for Llama-layout decoders: Llama, Mistral, Qwen2 and Qwen3 share these module names.
+
+Each decoder layer ``model.layers.i`` has ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``.
+Query heads are stored head after head, and query head ``h`` reads KV head ``h // n_rep``
+(``repeat_kv``), so the query heads of KV group ``g`` are one contiguous block of ``n_rep * head_dim``
+rows of ``q_proj``. Removing whole KV groups keeps ``n_rep`` unchanged, which is why no attribute of the
+attention module needs rewriting after surgery (transformers 5.x reshapes with ``-1`` heads). Qwen2's
+q/k/v biases are cut with their rows by the surgery; Qwen3's ``q_norm``/``k_norm`` act on ``head_dim``
+and need no change.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import COLUMNS, ROWS, LinearSlice, ModelAdapter, PrunableScope
+
+
+class LlamaLayoutAdapter(ModelAdapter):
+    family = "llama-layout"
+
+    def _layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.model.layers
+
+    def num_layers(self, model: nn.Module) -> int:
+        return len(self._layers(model))
+
+    def scopes(self, model: nn.Module) -> list[PrunableScope]:
+        scopes: list[PrunableScope] = []
+        for index, layer in enumerate(self._layers(model)):
+            prefix = f"model.layers.{index}"
+            scopes.append(self._attention_scope(index, prefix, layer.self_attn))
+            scopes.append(self._mlp_scope(index, prefix, layer.mlp))
+        return scopes
+
+    @staticmethod
+    def _attention_scope(index: int, prefix: str, attention: nn.Module) -> PrunableScope:
+        head_dim = attention.head_dim
+        queries_per_group = attention.num_key_value_groups
+        query_block = queries_per_group * head_dim
+        attn = f"{prefix}.self_attn"
+        return PrunableScope(
+            layer=index,
+            kind="attention",
+            num_groups=attention.k_proj.out_features // head_dim,
+            producers=(
+                LinearSlice(f"{attn}.q_proj", ROWS, query_block),
+                LinearSlice(f"{attn}.k_proj", ROWS, head_dim),
+                LinearSlice(f"{attn}.v_proj", ROWS, head_dim),
+            ),
+            consumer=LinearSlice(f"{attn}.o_proj", COLUMNS, query_block),
+            unit="kv_group",
+        )
+
+    @staticmethod
+    def _mlp_scope(index: int, prefix: str, mlp: nn.Module) -> PrunableScope:
+        path = f"{prefix}.mlp"
+        return PrunableScope(
+            layer=index,
+            kind="mlp",
+            num_groups=mlp.down_proj.in_features,
+            producers=(LinearSlice(f"{path}.gate_proj", ROWS, 1), LinearSlice(f"{path}.up_proj", ROWS, 1)),
+            consumer=LinearSlice(f"{path}.down_proj", COLUMNS, 1),
+            unit="neuron",
+        )

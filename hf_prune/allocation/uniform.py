@@ -1,0 +1,45 @@
+"""Uniform allocation: remove the same fraction of groups in every pruned scope.
+
+The fraction is chosen so that the removed parameters are the requested share of *all* prunable
+parameters (attention + MLP of every decoder layer): when both kinds are pruned it equals the
+sparsity; when only the MLP is pruned it is larger, so the budget is still met. Each scope rounds
+to whole groups (a KV group is a quarter of a layer's attention when there are four), so the
+achieved sparsity differs from the request by that rounding only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from ..adapters import PrunableScope
+from ..errors import BudgetError
+
+
+def allocate_uniform(
+    scopes: Sequence[PrunableScope],
+    params_per_group: Mapping[str, int],
+    sparsity: float,
+    total_prunable: int,
+) -> dict[str, int]:
+    """Kept groups per scope name."""
+    selected = sum(scope.num_groups * params_per_group[scope.name] for scope in scopes)
+    if not scopes or selected == 0:
+        raise BudgetError("nothing to prune: no scope was selected (check --units)")
+    fraction = sparsity * total_prunable / selected
+    if fraction >= 1.0:
+        kinds = ", ".join(sorted({scope.kind for scope in scopes}))
+        raise BudgetError(
+            f"sparsity {sparsity:g} needs {fraction:.0%} of the {kinds} groups to be removed; "
+            f"lower --sparsity or prune more kinds of units (--units all)"
+        )
+    kept: dict[str, int] = {}
+    for scope in scopes:
+        remove = math.floor(fraction * scope.num_groups + 0.5)
+        if remove >= scope.num_groups:
+            raise BudgetError(
+                f"sparsity {sparsity:g} would remove all {scope.num_groups} {scope.unit}s of {scope.name}; "
+                f"a layer must keep at least one — lower --sparsity"
+            )
+        kept[scope.name] = scope.num_groups - remove
+    return kept

@@ -1,0 +1,160 @@
+"""Loading a model to prune, turning a sliced model into its pruned class, and writing checkpoints.
+
+A written checkpoint is what ``save_pretrained`` makes (config.json, safetensors weights,
+generation_config.json, the tokenizer) plus ``modeling_hf_prune.py`` for ``trust_remote_code``
+users. It is written into a temporary directory beside the target and renamed into place at the
+end, so an interrupted or failed run never leaves a half-written output directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .adapters import PrunableScope, check_supported
+from .errors import ModelLoadError, OutputDirError
+from .modeling import SHAPES_FIELD, pruned_classes_for
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype | str:
+    """'auto' keeps the checkpoint's dtype on a GPU but computes in float32 on a CPU, where half
+    precision matmuls are many times slower (and float16 is poorly supported)."""
+    if name == "auto":
+        return "auto" if torch.cuda.is_available() else torch.float32
+    return DTYPES[name]
+
+
+def load_config(name_or_path: str) -> Any:
+    """Read only the config, to refuse an unsupported architecture before any weight is loaded."""
+    local = Path(name_or_path).expanduser()
+    looks_local = local.is_absolute() or name_or_path.startswith((".", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise ModelLoadError(f"model path {name_or_path!r} does not exist or is not a directory; "
+                             "pass a local checkpoint directory or a Hub model id")
+    try:
+        config = AutoConfig.from_pretrained(str(local) if looks_local else name_or_path)
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"cannot read a model config from {name_or_path!r}: {first_line}") from error
+    check_supported(config.model_type)
+    return config
+
+
+def load_model(
+    name_or_path: str, *, dtype: str = "auto", device_map: str | None = None
+) -> tuple[PreTrainedModel, Any]:
+    """Load a supported causal LM and its tokenizer (None when the checkpoint ships none)."""
+    load_config(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=resolve_dtype(dtype), device_map=device_map, use_safetensors=True
+        )
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ModelLoadError(f"cannot load model weights from {name_or_path!r}: {first_line} "
+                             "(hf-prune reads safetensors only, never pickle)") from error
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, TypeError):
+        logger.warning("no tokenizer found at %s; the pruned checkpoint will have none", name_or_path)
+        tokenizer = None
+    model.eval()
+    return model, tokenizer
+
+
+def linear_shapes(model: nn.Module, scopes: Iterable[PrunableScope]) -> dict[str, list[int]]:
+    """``[out_features, in_features, has_bias]`` of every Linear the scopes cut."""
+    shapes = {}
+    for scope in scopes:
+        for piece in scope.slices:
+            linear = model.get_submodule(piece.path)
+            shapes[piece.path] = [linear.out_features, linear.in_features, int(linear.bias is not None)]
+    return shapes
+
+
+def as_pruned_model(model: PreTrainedModel, scopes: Iterable[PrunableScope], info: dict[str, Any]) -> PreTrainedModel:
+    """Relabel an already sliced model as its family's pruned class, in place.
+
+    The pruned class adds no parameter, buffer or forward logic — it only rebuilds these same shapes
+    when constructed by ``from_pretrained`` — so switching the class of the live instance is exact
+    and avoids materialising a second copy of a large model. The config becomes the pruned config
+    (same values, plus the per-module shapes and the pruning summary) everywhere it is referenced.
+    """
+    config_cls, model_cls = pruned_classes_for(model.config.model_type)
+    values = model.config.to_dict()
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", SHAPES_FIELD, "hf_prune"):
+        values.pop(key, None)
+    new_config = config_cls(**values)
+    # Runtime state that to_dict() leaves out (e.g. the attention implementation chosen at load time).
+    for key, value in vars(model.config).items():
+        if key.startswith("_") and key not in values:
+            setattr(new_config, key, value)
+    setattr(new_config, SHAPES_FIELD, linear_shapes(model, scopes))
+    new_config.hf_prune = info
+    old_config = model.config
+    for module in model.modules():
+        if getattr(module, "config", None) is old_config:
+            module.config = new_config
+    model.__class__ = model_cls
+    return model
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Check the target before any work is done, so a run never fails at its very end."""
+    output = Path(output_dir).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise OutputDirError(f"output path {str(output)!r} exists and is a file; choose a directory path")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise OutputDirError(f"output directory {str(output)!r} exists and is not empty; "
+                             "pass --overwrite (overwrite=True) or choose another --output")
+    parent = output.parent
+    if not parent.is_dir():
+        parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise OutputDirError(f"cannot write into {str(parent)!r}; choose another --output")
+    return output
+
+
+def save_pruned(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write the checkpoint atomically: into a temporary sibling directory, then rename it into place."""
+    output = prepare_output_dir(output_dir, overwrite)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        if output.exists():
+            trash = output.with_name(f".{output.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            output.rename(trash)
+            staging.rename(output)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output

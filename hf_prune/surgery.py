@@ -1,0 +1,66 @@
+"""Physically remove groups: slice Linear rows/columns by a plan. Nothing here is model-specific.
+
+A plan maps a scope name to the sorted indices of the groups to *keep*. Each Linear that a scope
+cuts is replaced by a smaller ``nn.Linear`` holding the kept slices (biases follow their rows; a
+consumer's bias is kept whole, since it is added after the sum over the removed inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .adapters import ROWS, LinearSlice, PrunableScope
+from .errors import BudgetError
+
+
+def block_indices(groups: Sequence[int], block: int, device: torch.device | None = None) -> torch.Tensor:
+    """Row/column indices of ``groups`` when group ``g`` owns ``[g * block, (g + 1) * block)``."""
+    groups_t = torch.as_tensor(list(groups), dtype=torch.long, device=device)
+    return (groups_t[:, None] * block + torch.arange(block, device=device)).reshape(-1)
+
+
+def slice_linear(linear: nn.Linear, dim: int, index: torch.Tensor) -> nn.Linear:
+    """A new Linear that keeps ``index`` along ``dim`` (ROWS = outputs, COLUMNS = inputs)."""
+    weight = linear.weight.detach()
+    index = index.to(weight.device)
+    new_weight = weight.index_select(dim, index)
+    out_features, in_features = new_weight.shape
+    bias = linear.bias
+    new = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(new_weight)
+        if bias is not None:
+            new.bias.copy_(bias.detach().index_select(0, index) if dim == ROWS else bias.detach())
+    new.requires_grad_(linear.weight.requires_grad)
+    return new
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent_path), child, module)
+
+
+def prune_scope(model: nn.Module, scope: PrunableScope, keep: Sequence[int]) -> None:
+    """Keep only the groups ``keep`` of ``scope`` in every Linear the scope cuts."""
+    keep = sorted(set(int(g) for g in keep))
+    if not keep:
+        raise BudgetError(f"{scope.name}: refusing to remove every {scope.unit}; a layer must keep at least one")
+    if keep[0] < 0 or keep[-1] >= scope.num_groups:
+        raise IndexError(f"{scope.name}: group index out of range 0..{scope.num_groups - 1}: {keep}")
+    if len(keep) == scope.num_groups:
+        return
+    piece: LinearSlice
+    for piece in scope.slices:
+        linear = model.get_submodule(piece.path)
+        _replace(model, piece.path, slice_linear(linear, piece.dim, block_indices(keep, piece.block)))
+
+
+def apply_plan(model: nn.Module, scopes: Iterable[PrunableScope], plan: Mapping[str, Sequence[int]]) -> None:
+    """Apply a whole plan (scope name -> kept groups); scopes not in the plan stay as they are."""
+    scopes = [scope for scope in scopes if scope.name in plan]
+    for scope in tqdm(scopes, desc="surgery", unit="scope", leave=False):
+        prune_scope(model, scope, plan[scope.name])
