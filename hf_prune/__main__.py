@@ -1,0 +1,7 @@
+"""``python -m hf_prune`` (and ``accelerate launch -m hf_prune``) run the CLI."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

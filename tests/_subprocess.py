@@ -1,0 +1,31 @@
+"""Run Python in a fresh interpreter, optionally with hf_prune made un-importable.
+
+Blocking the import (not merely not importing it) proves that a checkpoint loads for a Hub user who
+never installed hf-prune: only the code saved beside the weights can be used.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+BLOCK_HF_PRUNE = textwrap.dedent(
+    """
+    import sys
+    class _BlockHfPrune:
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_prune" or name.startswith("hf_prune."):
+                raise ImportError("hf_prune is blocked in this process")
+    sys.meta_path.insert(0, _BlockHfPrune())
+    """
+)
+
+
+def run_python(code: str, *, block_hf_prune: bool = False, timeout: int = 240) -> subprocess.CompletedProcess:
+    source = (BLOCK_HF_PRUNE if block_hf_prune else "") + textwrap.dedent(code)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, f"subprocess failed:\n{result.stdout}\n{result.stderr}"
+    return result
