@@ -15,8 +15,7 @@ from hf_prune.errors import ModelLoadError
 from hf_prune.surgery import apply_plan
 
 from ._subprocess import run_python
-from .conftest import make_model
-from .test_surgery import random_plan
+from .conftest import make_model, random_plan
 
 
 def pruned_checkpoint(family, tmp_path, input_ids):

@@ -8,19 +8,9 @@ from hf_prune.masks import GroupMasks, keep_masks
 from hf_prune.surgery import apply_plan, block_indices, prune_scope
 from hf_prune.errors import BudgetError
 
-from .conftest import make_model
+from .conftest import make_model, random_plan
 
 TOLERANCE = 1e-4
-
-
-def random_plan(model, seed: int = 0) -> dict[str, list[int]]:
-    """Different kept counts in every layer (1 .. all), random kept indices."""
-    generator = torch.Generator().manual_seed(seed)
-    plan = {}
-    for scope in get_adapter(model).scopes(model):
-        keep = int(torch.randint(1, scope.num_groups + 1, (1,), generator=generator))
-        plan[scope.name] = sorted(torch.randperm(scope.num_groups, generator=generator)[:keep].tolist())
-    return plan
 
 
 def masked_logits(model, plan, input_ids):

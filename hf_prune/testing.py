@@ -1,0 +1,69 @@
+"""Tiny random models of every supported family, built from configs as transformers' own tests do.
+
+Used by the test-suite and by ``eval/mask_vs_surgery.py``. Shapes are chosen so that every code path
+is exercised: GQA with 4 KV groups of 2 query heads, head_dim different from hidden/heads (Qwen3),
+q/k/v biases (Qwen2), biases everywhere (Llama with attention_bias and mlp_bias), sliding-window
+attention (Mistral), tied embeddings (Qwen3). They say nothing about quality: for that, see eval/.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+TINY_SHAPES = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+)
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {"attention_bias": True, "mlp_bias": True}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 8}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16, "tie_word_embeddings": True}),
+}
+
+
+def make_tiny_model(family: str, attn_implementation: str = "eager", seed: int = 0, **overrides) -> PreTrainedModel:
+    """A tiny random causal LM of ``family`` in float32, eval mode.
+
+    Weights are re-drawn with a larger std than the default init so that pruning visibly changes
+    the logits: a comparison of two pruned models must not pass merely because every logit is ~0.
+    """
+    config_cls, model_cls, extra = FAMILIES[family]
+    config = config_cls(**{**TINY_SHAPES, **extra, **overrides})
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def random_plan(model: PreTrainedModel, seed: int = 0) -> dict[str, list[int]]:
+    """A plan with different kept counts in every scope (1 .. all) and random kept indices."""
+    from .adapters import get_adapter
+
+    generator = torch.Generator().manual_seed(seed)
+    plan = {}
+    for scope in get_adapter(model).scopes(model):
+        keep = int(torch.randint(1, scope.num_groups + 1, (1,), generator=generator))
+        plan[scope.name] = sorted(torch.randperm(scope.num_groups, generator=generator)[:keep].tolist())
+    return plan
