@@ -180,8 +180,15 @@ def make_lm(model, tokenizer, *, batch_size: int = 16, max_length: int | None = 
     """Wrap an in-memory model for lm-eval (``HFLM``), with the context length the model was trained on."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                max_length=max_length or model_max_length(model))
+    class _HFLM(HFLM):
+        """HFLM whose rolling loglikelihood does not draw a fresh progress bar for every batch."""
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            quiet = disable_tqdm or override_bs is not None  # override_bs: called per rolling batch
+            return super()._loglikelihood_tokens(requests, disable_tqdm=quiet, override_bs=override_bs)
+
+    return _HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                 max_length=max_length or model_max_length(model))
 
 
 def model_max_length(model) -> int:
