@@ -66,7 +66,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # ~5M parameters; 16 query heads / 8 KV heads (8 prunable KV groups per layer, like Llama-3-8B).
-    # Tied embeddings keep the fp16 checkpoint under 12 MB. max_steps sized for ~45 min on one core of a shared 2-core machine (~0.9 epoch).
+    # Tied embeddings keep the fp16 checkpoint under 12 MB. max_steps is sized for ~45 min on one
+    # core of a shared 2-core machine (~0.9 epoch of the corpus).
     "reference": Preset(
         vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=16,
         num_key_value_heads=8, head_dim=16, intermediate_size=688, seq_len=256, batch_size=16,
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "hyperparameters": asdict(p),
         "seed": args.seed,
+        "resumed_from": resume,
         "parameters": n_params,
         "corpus_train_sha256": file_sha256(train_file),
         "corpus_manifest_sha256": json.loads((args.corpus / "manifest.json").read_text()).get("sha256")
