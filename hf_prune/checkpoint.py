@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +135,20 @@ def save_pruned(
     output_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
-    extra_files: dict[str, str] | None = None,
+    write_extras: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write the checkpoint atomically: into a temporary sibling directory, then rename it into place."""
+    """Write the checkpoint atomically: into a temporary sibling directory, then rename it into place.
+
+    ``write_extras(directory)`` may add files (model card, report, plots) before the rename.
+    """
     output = prepare_output_dir(output_dir, overwrite)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
+        if write_extras is not None:
+            write_extras(staging)
         if output.exists():
             trash = output.with_name(f".{output.name}.old")
             shutil.rmtree(trash, ignore_errors=True)

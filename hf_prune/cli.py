@@ -2,6 +2,11 @@
 
 ``hf-prune [prune] [options]`` prunes a model; ``hf-prune eval [options]`` scores one on held-out text.
 Errors caused by the input print one line (``hf-prune: error: ...``) and exit with status 2.
+
+Every PruningConfig field is a flag (``calibration_samples`` -> ``--calibration-samples``) whose help is
+the field's own; precedence is field default < ``--recipe`` file < flags given on the command line.
+Under ``accelerate launch`` every process computes statistics on its share of the calibration rows,
+the sums are reduced, and the main process alone writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -10,28 +15,46 @@ import argparse
 import logging
 import sys
 import time
+import types
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
-from .config import UNITS, PruningConfig
+from .config import COMPENSATION, UNITS, PruningConfig, load_recipe
 from .errors import HfPruneError
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_NAME = "hf-prune embedded default (tiny trained Llama)"
 logger = logging.getLogger("hf_prune")
 
 
-def _config_help(name: str) -> str:
-    for f in fields(PruningConfig):
-        if f.name == name:
-            default = f.default if f.default is not MISSING else None
-            return f"{f.metadata['help']} (default: {default})"
-    raise KeyError(name)
-
-
-def build_prune_parser() -> argparse.ArgumentParser:
+def _choices() -> dict[str, list[str]]:
     from .allocation import ALLOCATORS
     from .importance import IMPORTANCE_REGISTRY
 
+    return {"target": sorted(ALLOCATORS), "importance": sorted(IMPORTANCE_REGISTRY), "units": list(UNITS),
+            "compensate": list(COMPENSATION)}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(PruningConfig)
+    choices = _choices()
+    for f in fields(PruningConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata['help']} (default: {default})"
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, choices=choices.get(f.name), default=argparse.SUPPRESS,
+                                help=help_text)
+
+
+def build_prune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-prune",
         description="Structurally prune a Llama / Mistral / Qwen2 / Qwen3 causal LM: remove whole KV groups "
@@ -45,49 +68,66 @@ def build_prune_parser() -> argparse.ArgumentParser:
                         help="directory to write the pruned checkpoint to; written atomically (default: pruned)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --output if it exists and is not empty (otherwise that is an error)")
-    parser.add_argument("--target", choices=sorted(ALLOCATORS), default="uniform", help=_config_help("target"))
-    parser.add_argument("--sparsity", type=float, default=0.3, help=_config_help("sparsity"))
-    parser.add_argument("--importance", choices=sorted(IMPORTANCE_REGISTRY), default="magnitude",
-                        help=_config_help("importance"))
-    parser.add_argument("--units", choices=UNITS, default="all", help=_config_help("units"))
-    parser.add_argument("--seed", type=int, default=0, help=_config_help("seed"))
+    parser.add_argument("--recipe", default=None,
+                        help="YAML file of option defaults, e.g. recipes/llama.yaml; flags given here override it")
+    _add_config_flags(parser)
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                         help="dtype to load and save in; 'auto' keeps the checkpoint's dtype on a GPU and uses "
                              "float32 on a CPU, where half precision is many times slower (default: auto)")
     parser.add_argument("--device-map", default=None,
                         help="passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs and CPU "
-                             "(default: everything on one device)")
+                             "(default: everything on one device; one device per process under accelerate)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     return parser
 
 
+def resolve_config(args: argparse.Namespace) -> PruningConfig:
+    """Field defaults < recipe < explicit flags; an explicit --beta drops a recipe's sparsity and vice versa."""
+    names = {f.name for f in fields(PruningConfig)}
+    explicit = {name: value for name, value in vars(args).items() if name in names}
+    values = load_recipe(args.recipe) if args.recipe else {}
+    values.update(explicit)
+    if "beta" in explicit and "sparsity" not in explicit:
+        values["sparsity"] = None
+    elif "sparsity" in explicit and "beta" not in explicit:
+        values.pop("beta", None)
+    elif values.get("beta") is not None and "sparsity" not in values:
+        values["sparsity"] = None
+    return PruningConfig.from_dict(values)
+
+
 def run_prune(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
     from rich.console import Console
 
     from .checkpoint import load_config, load_model, prepare_output_dir, save_pruned
-    from .pruner import prune
-    from .report import model_card, print_summary
+    from .pruner import calibration_ids, prune
+    from .report import print_summary, write_run_artifacts
 
-    console = Console(stderr=False)
-    config = PruningConfig(
-        target=args.target, sparsity=args.sparsity, importance=args.importance, units=args.units, seed=args.seed
-    )
+    state = PartialState()
+    console = Console(quiet=not state.is_main_process)
+    config = resolve_config(args)
     model_id = args.model or str(DEFAULT_MODEL_DIR)
+    base_name = args.model or DEFAULT_MODEL_NAME
     prepare_output_dir(args.output, args.overwrite)  # fail before the slow part, not after it
     load_config(model_id)
 
     started = time.perf_counter()
     console.print(f"loading {model_id}")
-    model, tokenizer = load_model(model_id, dtype=args.dtype, device_map=args.device_map)
-    report = prune(model, config)
-    output = save_pruned(
-        model, tokenizer, args.output, overwrite=args.overwrite,
-        extra_files={"README.md": model_card(report, args.model or "hf-prune embedded default (tiny Llama)")},
-    )
-    print_summary(report, console)
-    console.print(f"wrote {output} in {time.perf_counter() - started:.1f}s; reload with "
-                  f"AutoModelForCausalLM.from_pretrained({str(output)!r}) after `import hf_prune`, "
-                  "or with trust_remote_code=True without it")
+    device_map = args.device_map
+    if device_map is None and state.num_processes > 1:
+        device_map = {"": state.device}
+    model, tokenizer = load_model(model_id, dtype=args.dtype, device_map=device_map)
+    input_ids = calibration_ids(model, tokenizer, config)
+    report = prune(model, config, input_ids)
+    if state.is_main_process:
+        output = save_pruned(model, tokenizer, args.output, overwrite=args.overwrite,
+                             write_extras=lambda directory: write_run_artifacts(report, base_name, directory))
+        print_summary(report, console)
+        console.print(f"wrote {output} in {time.perf_counter() - started:.1f}s; reload with "
+                      f"AutoModelForCausalLM.from_pretrained({str(output)!r}) after `import hf_prune`, "
+                      "or with trust_remote_code=True without it")
+    state.wait_for_everyone()
     return 0
 
 
@@ -100,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["prune"]:
         argv = argv[1:]
     args = build_prune_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return run_prune(args)
     except HfPruneError as error:

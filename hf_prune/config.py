@@ -1,14 +1,16 @@
 """PruningConfig: every option of a pruning run in one validated, serialisable place.
 
 The field metadata's ``help`` text is what ``hf-prune --help`` prints, so the CLI and the Python API
-cannot drift apart. Unknown keys from a newer recipe are dropped with a warning (as peft does), not
-an error, so old installs still read new recipes.
+cannot drift apart. Recipes (``recipes/*.yaml``) are dictionaries of these fields; unknown keys from a
+newer recipe are dropped with a warning (as peft does), not an error, so old installs still read new
+recipes.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -16,32 +18,51 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 UNITS = ("all", "attention", "mlp")
+COMPENSATION = ("none", "bias")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass
 class PruningConfig:
-    target: str = field(
-        default="uniform",
-        metadata={"help": "how many groups each layer keeps: 'uniform' removes the same fraction of KV groups "
-                          "and MLP neurons in every layer"},
-    )
-    sparsity: float = field(
-        default=0.3,
-        metadata={"help": "fraction of the prunable parameters (attention + MLP weights of all decoder layers) "
-                          "to remove, in [0, 1); the achieved figure differs only by rounding to whole groups"},
-    )
-    importance: str = field(
-        default="magnitude",
-        metadata={"help": "per-group importance that picks which groups go: 'magnitude' = L2 norm of the "
-                          "group's weights"},
-    )
-    units: str = field(
-        default="all",
-        metadata={"help": "which groups may be removed: 'all' (KV groups and MLP neurons), 'attention' "
-                          "(KV groups only) or 'mlp' (neurons only); the budget is always a share of all "
-                          "prunable parameters"},
-    )
-    seed: int = field(default=0, metadata={"help": "random seed (calibration sampling, tie-breaking)"})
+    target: str = field(default="uniform", metadata=_help(
+        "how many groups each layer keeps: 'uniform' removes the same fraction of KV groups and MLP neurons "
+        "in every layer; 'emp' keeps a number proportional to each layer's effective number of groups "
+        "N_eff = (sum s)^2 / sum s^2 of its importance scores, scaled to meet --sparsity"))
+    sparsity: float | None = field(default=0.3, metadata=_help(
+        "fraction of the prunable parameters (attention + MLP weights of all decoder layers) to remove, in "
+        "[0, 1); the achieved figure differs only by rounding to whole groups"))
+    importance: str = field(default="magnitude", metadata=_help(
+        "per-group importance that picks which groups go: 'magnitude' (weight norms, data-free), 'activation' "
+        "(Wanda-sp: ||X_j|| * ||W_:,j||), 'fluctuation' (FLAP: Var(X_j) * ||W_:,j||^2), 'taylor' (LLM-Pruner: "
+        "|sum w * dL/dw|); all but magnitude need --calibration"))
+    units: str = field(default="all", metadata=_help(
+        "which groups may be removed: 'all' (KV groups and MLP neurons), 'attention' (KV groups only) or "
+        "'mlp' (neurons only); the budget is always a share of all prunable parameters"))
+    beta: float | None = field(default=None, metadata=_help(
+        "EMP only: use the paper's raw rule, keep floor(beta * N_eff) groups per layer, instead of solving "
+        "beta for --sparsity (give one of the two)"))
+    mlp_multiple: int = field(default=1, metadata=_help(
+        "EMP only: round each layer's MLP width to a multiple of this (e.g. 64 or 128 for fast GPU kernels)"))
+    compensate: str = field(default="none", metadata=_help(
+        "'bias' folds the calibration mean of every removed channel into the bias of o_proj / down_proj "
+        "(FLAP's compensation; needs --calibration); 'none' just removes"))
+    calibration: str | None = field(default=None, metadata=_help(
+        "calibration text: a local .txt/.jsonl file, 'reference' (train split of the corpus that "
+        "scripts/prepare_corpus.py builds), or a datasets name"))
+    calibration_config: str | None = field(default=None, metadata=_help("datasets config name of --calibration"))
+    calibration_split: str = field(default="train", metadata=_help("datasets split of --calibration"))
+    calibration_column: str = field(default="text", metadata=_help("text column of --calibration (datasets or jsonl)"))
+    calibration_samples: int = field(default=64, metadata=_help("number of calibration sequences"))
+    seq_len: int = field(default=512, metadata=_help(
+        "tokens per calibration sequence (capped at the model's max_position_embeddings)"))
+    batch_size: int = field(default=1, metadata=_help("calibration sequences per forward pass"))
+    sequential: bool = field(default=False, metadata=_help(
+        "collect activation statistics one decoder layer at a time, holding only that layer's activations "
+        "(the way a 70B model is scored on one GPU); not used by 'taylor', which needs a full backward"))
+    seed: int = field(default=0, metadata=_help("random seed of the calibration sample"))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -50,19 +71,34 @@ class PruningConfig:
         from .allocation import ALLOCATORS
         from .importance import IMPORTANCE_REGISTRY
 
-        if self.target not in ALLOCATORS:
-            raise ConfigError(f"unknown target {self.target!r}; choose one of: {', '.join(sorted(ALLOCATORS))}")
-        if self.importance not in IMPORTANCE_REGISTRY:
-            raise ConfigError(
-                f"unknown importance {self.importance!r}; choose one of: {', '.join(sorted(IMPORTANCE_REGISTRY))}"
-            )
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
-            raise ConfigError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
-        if not 0.0 <= float(self.sparsity) < 1.0:
-            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}: it is the fraction of parameters to remove")
-        self.sparsity = float(self.sparsity)
-        if self.units not in UNITS:
-            raise ConfigError(f"unknown units {self.units!r}; choose one of: {', '.join(UNITS)}")
+        def choose(name: str, value: Any, options) -> None:
+            if value not in options:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(options))}")
+
+        choose("target", self.target, ALLOCATORS)
+        choose("importance", self.importance, IMPORTANCE_REGISTRY)
+        choose("units", self.units, UNITS)
+        choose("compensate", self.compensate, COMPENSATION)
+        if self.beta is not None:
+            if self.target != "emp":
+                raise ConfigError("beta applies to --target emp only")
+            if self.sparsity is not None:
+                raise ConfigError("give either sparsity (beta is then solved for it) or beta (the raw EMP rule), not both")
+            if not isinstance(self.beta, (int, float)) or self.beta <= 0:
+                raise ConfigError(f"beta must be a positive number, got {self.beta!r}")
+        elif self.sparsity is None:
+            raise ConfigError("give a sparsity (or, with --target emp, a beta)")
+        if self.sparsity is not None:
+            if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+                raise ConfigError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
+            if not 0.0 <= float(self.sparsity) < 1.0:
+                raise ConfigError(
+                    f"sparsity must be in [0, 1), got {self.sparsity}: it is the fraction of parameters to remove")
+            self.sparsity = float(self.sparsity)
+        for name in ("mlp_multiple", "calibration_samples", "seq_len", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
     def selects(self, kind: str) -> bool:
         """Whether groups of this scope kind ("attention" / "mlp") may be removed."""
@@ -78,3 +114,19 @@ class PruningConfig:
         if unknown:
             logger.warning("ignoring unknown PruningConfig keys: %s", ", ".join(unknown))
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """The options of a YAML recipe (keys are PruningConfig fields, plus ``model`` and ``output``)."""
+    import yaml
+
+    recipe = Path(path)
+    if not recipe.is_file():
+        raise ConfigError(f"recipe {str(recipe)!r} does not exist; pass a YAML file such as recipes/llama.yaml")
+    try:
+        values = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {str(recipe)!r} must be a mapping of option names to values")
+    return {key.replace("-", "_"): value for key, value in values.items()}

@@ -1,7 +1,7 @@
-"""The pruning pipeline, once: score every group, allocate a budget, pick, cut, relabel.
+"""The pruning pipeline, once: statistics, scores, allocation, choice, compensation, cut, relabel.
 
-Every step is delegated (adapters, importance, allocation, surgery, checkpoint); this module only
-orders them and records what happened in a :class:`PruningReport`.
+Every step is delegated (adapters, statistics, importance, allocation, compensation, surgery,
+checkpoint); this module only orders them and records what happened in a :class:`PruningReport`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .adapters import PrunableScope, get_adapter
-from .allocation import ALLOCATORS
+from .allocation import ALLOCATORS, AllocationRequest, allocate_uniform
+from .calibration import CalibrationSource, load_calibration
 from .checkpoint import as_pruned_model
+from .compensation import compensate
 from .config import PruningConfig
-from .importance import get_importance
+from .errors import BudgetError, ConfigError
+from .importance import CHANNELS, GRADIENTS, get_importance
+from .statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
 from .surgery import apply_plan
 
 logger = logging.getLogger(__name__)
@@ -32,6 +36,9 @@ class LayerSummary:
     kv_groups_after: int
     neurons_before: int
     neurons_after: int
+    #: what uniform allocation would keep at the same budget (reported beside EMP), if computed
+    kv_groups_uniform: int | None = None
+    neurons_uniform: int | None = None
 
 
 @dataclass
@@ -42,7 +49,11 @@ class PruningReport:
     params_after: int
     prunable_before: int
     prunable_after: int
+    allocation: dict[str, Any] = field(default_factory=dict)
+    calibration_tokens: int = 0
+    calibration_seconds: float = 0.0
     plan: dict[str, list[int]] = field(repr=False, default_factory=dict)
+    scores: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     @property
     def achieved_sparsity(self) -> float:
@@ -51,6 +62,7 @@ class PruningReport:
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
+        values.pop("scores")
         values["achieved_sparsity"] = self.achieved_sparsity
         return values
 
@@ -71,60 +83,127 @@ def top_groups(scores: torch.Tensor, keep: int) -> list[int]:
     return sorted(order.tolist())
 
 
-def _layer_summaries(before: list[PrunableScope], after: list[PrunableScope]) -> list[LayerSummary]:
+def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> torch.Tensor | None:
+    """Token rows for the statistics the config needs, or None when the run is data-free."""
+    if not _needed_statistics(config):
+        return None
+    if config.calibration is None:
+        raise ConfigError(
+            f"importance {config.importance!r}" + (" with --compensate bias" if config.compensate == "bias" else "")
+            + " needs calibration text: pass --calibration FILE.txt|FILE.jsonl|reference|DATASET")
+    seq_len = config.seq_len
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and seq_len > limit:
+        logger.warning("seq_len %d exceeds the model's max_position_embeddings %d; using %d", seq_len, limit, limit)
+        seq_len = limit
+    source = CalibrationSource(config.calibration, config.calibration_config, config.calibration_split,
+                               config.calibration_column)
+    return load_calibration(source, tokenizer, samples=config.calibration_samples, seq_len=seq_len, seed=config.seed)
+
+
+def _needed_statistics(config: PruningConfig) -> set[str]:
+    needed = set(get_importance(config.importance).requires)
+    if config.compensate == "bias":
+        needed.add(CHANNELS)
+    return needed
+
+
+def collect_statistics(
+    model: nn.Module, scopes: list[PrunableScope], config: PruningConfig, input_ids: torch.Tensor | None
+) -> CalibrationStatistics | None:
+    needed = _needed_statistics(config)
+    if not needed:
+        return None
+    if input_ids is None:
+        raise ConfigError(f"importance {config.importance!r} / compensation needs calibration token ids")
+    stats = CalibrationStatistics()
+    was_training = model.training
+    model.eval()
+    if CHANNELS in needed:
+        adapter = get_adapter(model)
+        collect_channel_statistics(
+            model, scopes, input_ids, batch_size=config.batch_size, sequential=config.sequential,
+            layers=adapter.decoder_layers(model) if config.sequential else None, stats=stats,
+        )
+    if GRADIENTS in needed:
+        tokens_before = stats.tokens
+        collect_taylor_statistics(model, scopes, input_ids, batch_size=config.batch_size, stats=stats)
+        if CHANNELS in needed:
+            stats.tokens = tokens_before  # the same tokens, seen twice
+    model.train(was_training)
+    stats.reduce_across_processes()
+    return stats
+
+
+def _layer_summaries(
+    before: list[PrunableScope], after: list[PrunableScope], uniform: dict[str, int] | None
+) -> list[LayerSummary]:
     counts: dict[int, dict[str, int]] = {}
     for label, scopes in (("before", before), ("after", after)):
         for scope in scopes:
             counts.setdefault(scope.layer, {})[f"{scope.kind}_{label}"] = scope.num_groups
+    if uniform is not None:
+        for scope in before:
+            counts[scope.layer][f"{scope.kind}_uniform"] = uniform.get(scope.name, scope.num_groups)
     return [
-        LayerSummary(layer, c["attention_before"], c["attention_after"], c["mlp_before"], c["mlp_after"])
+        LayerSummary(layer, c["attention_before"], c["attention_after"], c["mlp_before"], c["mlp_after"],
+                     c.get("attention_uniform"), c.get("mlp_uniform"))
         for layer, c in sorted(counts.items())
     ]
 
 
-def plan_pruning(model: nn.Module, config: PruningConfig) -> dict[str, list[int]]:
-    """Scope name -> kept group indices, for the scopes that ``config.units`` selects."""
-    adapter = get_adapter(model)
-    all_scopes = adapter.scopes(model)
-    scopes = [scope for scope in all_scopes if config.selects(scope.kind)]
-    params_per_group = {scope.name: scope.params_per_group(model) for scope in all_scopes}
-    total = sum(scope.num_groups * params_per_group[scope.name] for scope in all_scopes)
-    kept_counts = ALLOCATORS[config.target](scopes, params_per_group, config.sparsity, total)
-    importance = get_importance(config.importance)
-    plan = {}
-    for scope in tqdm(scopes, desc=f"scoring ({config.importance})", unit="scope", leave=False):
-        plan[scope.name] = top_groups(importance(model, scope), kept_counts[scope.name])
-    return plan
-
-
 @torch.no_grad()
-def prune(model: nn.Module, config: PruningConfig) -> PruningReport:
+def prune(model: nn.Module, config: PruningConfig, input_ids: torch.Tensor | None = None) -> PruningReport:
     """Prune ``model`` in place by ``config`` and return what was done.
 
-    Afterwards the model is an instance of its family's pruned class (``PrunedLlamaForCausalLM``
-    etc.), so ``save_pretrained`` writes a checkpoint that reloads with its new shapes.
+    ``input_ids`` (``[samples, seq_len]``, see :func:`calibration_ids`) are needed by every criterion
+    but magnitude and by bias compensation. Afterwards the model is an instance of its family's pruned
+    class (``PrunedLlamaForCausalLM`` etc.), so ``save_pretrained`` writes a checkpoint that reloads
+    with its new shapes.
     """
     adapter = get_adapter(model)
     scopes_before = adapter.scopes(model)
     params_before = count_parameters(model)
-    prunable_before = prunable_parameters(model, scopes_before)
+    params_per_group = {scope.name: scope.params_per_group(model) for scope in scopes_before}
+    prunable_before = sum(scope.num_groups * params_per_group[scope.name] for scope in scopes_before)
+    selected = [scope for scope in scopes_before if config.selects(scope.kind)]
 
-    plan = plan_pruning(model, config)
+    stats = collect_statistics(model, selected, config, input_ids)
+    importance = get_importance(config.importance)
+    scores = {
+        scope.name: importance(model, scope, stats)
+        for scope in tqdm(selected, desc=f"scoring ({config.importance})", unit="scope", leave=False)
+    }
+    request = AllocationRequest(
+        scopes=selected, params_per_group=params_per_group, total_prunable=prunable_before,
+        sparsity=config.sparsity, scores=scores, beta=config.beta, mlp_multiple=config.mlp_multiple,
+    )
+    allocation = ALLOCATORS[config.target](request)
+    uniform_kept = _uniform_for_comparison(request, config)
+    plan = {name: top_groups(scores[name], kept) for name, kept in allocation.kept.items()}
+
+    if config.compensate == "bias":
+        compensate(model, selected, plan, stats)
     apply_plan(model, scopes_before, plan)
 
     scopes_after = adapter.scopes(model)
     report = PruningReport(
         config=config.to_dict(),
-        layers=_layer_summaries(scopes_before, scopes_after),
+        layers=_layer_summaries(scopes_before, scopes_after, uniform_kept),
         params_before=params_before,
         params_after=count_parameters(model),
         prunable_before=prunable_before,
         prunable_after=prunable_parameters(model, scopes_after),
+        allocation=allocation.details,
+        calibration_tokens=stats.tokens if stats else 0,
+        calibration_seconds=stats.seconds if stats else 0.0,
         plan=plan,
+        scores=scores,
     )
     info = {
         "version": __version__,
         "config": config.to_dict(),
+        "allocation": allocation.details,
         "achieved_sparsity": round(report.achieved_sparsity, 6),
         "params_before": report.params_before,
         "params_after": report.params_after,
@@ -133,3 +212,13 @@ def prune(model: nn.Module, config: PruningConfig) -> PruningReport:
     logger.info("pruned %s -> %s parameters (%.2f%% of prunable removed)",
                 f"{params_before:,}", f"{report.params_after:,}", 100 * report.achieved_sparsity)
     return report
+
+
+def _uniform_for_comparison(request: AllocationRequest, config: PruningConfig) -> dict[str, int] | None:
+    """Uniform counts at the same budget, reported beside a non-uniform target (None if not meaningful)."""
+    if config.target == "uniform" or request.sparsity is None:
+        return None
+    try:
+        return allocate_uniform(request).kept
+    except BudgetError:
+        return None

@@ -1,37 +1,67 @@
-"""Human-facing summaries of a pruning run: the terminal table and the output's model card."""
+"""Human-facing output of a pruning run: the terminal table, a model card, a plot, the scores.
+
+Written beside the checkpoint:
+- ``README.md``: the model card (what was done, how to load, kept groups per layer);
+- ``hf_prune_report.json``: config, per-layer counts, parameter counts, β, calibration tokens/time;
+- ``allocation.png``: kept fraction per layer (EMP vs uniform at the same budget, when both exist);
+- ``importance.safetensors``: the per-group scores of every pruned scope, for reuse and inspection.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
+from safetensors.torch import save_file
 
 from .pruner import PruningReport
 
 
+def _has_uniform(report: PruningReport) -> bool:
+    return any(row.kv_groups_uniform is not None for row in report.layers)
+
+
 def summary_table(report: PruningReport) -> Table:
-    table = Table(title="hf-prune: kept per decoder layer", show_footer=True)
-    total = lambda attr: sum(getattr(row, attr) for row in report.layers)  # noqa: E731
+    target = report.config["target"]
+    table = Table(title=f"hf-prune: kept per decoder layer ({target})", show_footer=True)
+    total = lambda attr: sum(getattr(row, attr) or 0 for row in report.layers)  # noqa: E731
     table.add_column("layer", footer="all", justify="right")
     table.add_column("KV groups", footer=f"{total('kv_groups_after')}/{total('kv_groups_before')}", justify="right")
     table.add_column("MLP neurons", footer=f"{total('neurons_after')}/{total('neurons_before')}", justify="right")
+    with_uniform = _has_uniform(report)
+    if with_uniform:
+        table.add_column("uniform KV", footer=str(total("kv_groups_uniform")), justify="right")
+        table.add_column("uniform MLP", footer=str(total("neurons_uniform")), justify="right")
     for row in report.layers:
-        table.add_row(
-            str(row.layer),
-            f"{row.kv_groups_after}/{row.kv_groups_before}",
-            f"{row.neurons_after}/{row.neurons_before}",
-        )
+        cells = [str(row.layer), f"{row.kv_groups_after}/{row.kv_groups_before}",
+                 f"{row.neurons_after}/{row.neurons_before}"]
+        if with_uniform:
+            cells += [str(row.kv_groups_uniform), str(row.neurons_uniform)]
+        table.add_row(*cells)
     return table
 
 
 def summary_lines(report: PruningReport) -> list[str]:
     requested = report.config["sparsity"]
-    return [
+    lines = [
         f"parameters: {report.params_before:,} -> {report.params_after:,} "
         f"({report.params_after / report.params_before:.1%} of the original)",
         f"prunable (attention + MLP) parameters: {report.prunable_before:,} -> {report.prunable_after:,}",
-        f"sparsity: requested {requested:.2%}, achieved {report.achieved_sparsity:.2%} "
-        "(the difference is rounding to whole groups)",
     ]
+    if requested is None:
+        lines.append(f"sparsity: achieved {report.achieved_sparsity:.2%} with the raw EMP rule, "
+                     f"beta = {report.allocation.get('beta')}")
+    else:
+        lines.append(f"sparsity: requested {requested:.2%}, achieved {report.achieved_sparsity:.2%} "
+                     "(the difference is rounding to whole groups)")
+    if report.allocation.get("beta_solved"):
+        lines.append(f"EMP: beta = {report.allocation['beta']:.4f}, solved by bisection for the budget")
+    if report.calibration_tokens:
+        lines.append(f"calibration: {report.calibration_tokens:,} tokens in {report.calibration_seconds:.1f}s "
+                     f"(importance {report.config['importance']}, compensation {report.config['compensate']})")
+    return lines
 
 
 def print_summary(report: PruningReport, console: Console | None = None) -> None:
@@ -47,7 +77,7 @@ def model_card(report: PruningReport, base_model: str) -> str:
         f"| {row.layer} | {row.kv_groups_after}/{row.kv_groups_before} | {row.neurons_after}/{row.neurons_before} |"
         for row in report.layers
     )
-    options = ", ".join(f"`{key}={value}`" for key, value in report.config.items())
+    options = ", ".join(f"`{key}={value}`" for key, value in report.config.items() if value is not None)
     bullets = "\n".join(f"- {line}" for line in summary_lines(report))
     return f"""---
 library_name: transformers
@@ -77,3 +107,46 @@ model = AutoModelForCausalLM.from_pretrained("<this directory or repo>", trust_r
 |---:|---:|---:|
 {rows}
 """
+
+
+def save_allocation_plot(report: PruningReport, path: Path) -> None:
+    """Kept fraction of KV groups and of MLP neurons per layer (and uniform's, when reported)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    layers = [row.layer for row in report.layers]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    for axis, kind, after, before, uniform in (
+        (axes[0], "KV groups", "kv_groups_after", "kv_groups_before", "kv_groups_uniform"),
+        (axes[1], "MLP neurons", "neurons_after", "neurons_before", "neurons_uniform"),
+    ):
+        kept = [getattr(r, after) / getattr(r, before) for r in report.layers]
+        axis.plot(layers, kept, marker="o", label=report.config["target"])
+        if _has_uniform(report):
+            axis.plot(layers, [getattr(r, uniform) / getattr(r, before) for r in report.layers],
+                      marker="s", linestyle="--", label="uniform (same budget)")
+        axis.set_title(f"kept fraction of {kind}")
+        axis.set_xlabel("layer")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylim(0, 1.05)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"{report.config['target']}, importance {report.config['importance']}, "
+                    f"achieved sparsity {report.achieved_sparsity:.1%}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_run_artifacts(report: PruningReport, base_model: str, directory: Path) -> None:
+    directory = Path(directory)
+    (directory / "README.md").write_text(model_card(report, base_model))
+    (directory / "hf_prune_report.json").write_text(json.dumps(
+        {key: value for key, value in report.to_dict().items() if key != "plan"}, indent=2))
+    save_allocation_plot(report, directory / "allocation.png")
+    if report.scores:
+        save_file({name: score.contiguous() for name, score in report.scores.items()},
+                  str(directory / "importance.safetensors"))

@@ -64,3 +64,22 @@ def apply_plan(model: nn.Module, scopes: Iterable[PrunableScope], plan: Mapping[
     scopes = [scope for scope in scopes if scope.name in plan]
     for scope in tqdm(scopes, desc="surgery", unit="scope", leave=False):
         prune_scope(model, scope, plan[scope.name])
+
+
+def ensure_bias(model: nn.Module, path: str) -> nn.Linear:
+    """The Linear at ``path``, replaced by an identical one with a zero bias if it had none.
+
+    Compensation needs a bias on ``o_proj`` / ``down_proj``, which Llama-family layers lack; the
+    checkpoint records ``has_bias`` per module, so such a model still saves and reloads.
+    """
+    linear = model.get_submodule(path)
+    if linear.bias is not None:
+        return linear
+    weight = linear.weight
+    new = nn.Linear(linear.in_features, linear.out_features, bias=True, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight.detach())
+        new.bias.zero_()
+    new.requires_grad_(weight.requires_grad)
+    _replace(model, path, new)
+    return new

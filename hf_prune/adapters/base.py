@@ -75,5 +75,5 @@ class ModelAdapter(ABC):
         """Every prunable scope of ``model``, attention before MLP within a layer, layers in order."""
 
     @abstractmethod
-    def num_layers(self, model: nn.Module) -> int:
-        """Number of decoder layers."""
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The decoder layers in order (layer-by-layer calibration runs them one at a time)."""

@@ -19,15 +19,12 @@ from .base import COLUMNS, ROWS, LinearSlice, ModelAdapter, PrunableScope
 class LlamaLayoutAdapter(ModelAdapter):
     family = "llama-layout"
 
-    def _layers(self, model: nn.Module) -> nn.ModuleList:
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
-
-    def num_layers(self, model: nn.Module) -> int:
-        return len(self._layers(model))
 
     def scopes(self, model: nn.Module) -> list[PrunableScope]:
         scopes: list[PrunableScope] = []
-        for index, layer in enumerate(self._layers(model)):
+        for index, layer in enumerate(self.decoder_layers(model)):
             prefix = f"model.layers.{index}"
             scopes.append(self._attention_scope(index, prefix, layer.self_attn))
             scopes.append(self._mlp_scope(index, prefix, layer.mlp))

@@ -10,27 +10,23 @@ achieved sparsity differs from the request by that rounding only.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
-from ..adapters import PrunableScope
-from ..errors import BudgetError
+from ..errors import BudgetError, ConfigError
+from .base import Allocation, AllocationRequest
 
 
-def allocate_uniform(
-    scopes: Sequence[PrunableScope],
-    params_per_group: Mapping[str, int],
-    sparsity: float,
-    total_prunable: int,
-) -> dict[str, int]:
-    """Kept groups per scope name."""
-    selected = sum(scope.num_groups * params_per_group[scope.name] for scope in scopes)
+def allocate_uniform(request: AllocationRequest) -> Allocation:
+    scopes = request.scopes
+    if request.sparsity is None:
+        raise ConfigError("target 'uniform' needs a sparsity")
+    selected = sum(scope.num_groups * request.params_per_group[scope.name] for scope in scopes)
     if not scopes or selected == 0:
         raise BudgetError("nothing to prune: no scope was selected (check --units)")
-    fraction = sparsity * total_prunable / selected
+    fraction = request.sparsity * request.total_prunable / selected
     if fraction >= 1.0:
         kinds = ", ".join(sorted({scope.kind for scope in scopes}))
         raise BudgetError(
-            f"sparsity {sparsity:g} needs {fraction:.0%} of the {kinds} groups to be removed; "
+            f"sparsity {request.sparsity:g} needs {fraction:.0%} of the {kinds} groups to be removed; "
             f"lower --sparsity or prune more kinds of units (--units all)"
         )
     kept: dict[str, int] = {}
@@ -38,8 +34,8 @@ def allocate_uniform(
         remove = math.floor(fraction * scope.num_groups + 0.5)
         if remove >= scope.num_groups:
             raise BudgetError(
-                f"sparsity {sparsity:g} would remove all {scope.num_groups} {scope.unit}s of {scope.name}; "
+                f"sparsity {request.sparsity:g} would remove all {scope.num_groups} {scope.unit}s of {scope.name}; "
                 f"a layer must keep at least one — lower --sparsity"
             )
         kept[scope.name] = scope.num_groups - remove
-    return kept
+    return Allocation(kept, {"fraction_removed_per_scope": fraction})

@@ -1,6 +1,20 @@
 """Importance criteria, by name. Importing this package registers the built-in ones."""
 
-from .base import IMPORTANCE_REGISTRY, Importance, get_importance, register_importance
+from .activation import ActivationImportance
+from .base import CHANNELS, GRADIENTS, IMPORTANCE_REGISTRY, Importance, get_importance, register_importance
+from .fluctuation import FluctuationImportance
 from .magnitude import MagnitudeImportance
+from .taylor import TaylorImportance
 
-__all__ = ["IMPORTANCE_REGISTRY", "Importance", "MagnitudeImportance", "get_importance", "register_importance"]
+__all__ = [
+    "CHANNELS",
+    "GRADIENTS",
+    "IMPORTANCE_REGISTRY",
+    "ActivationImportance",
+    "FluctuationImportance",
+    "Importance",
+    "MagnitudeImportance",
+    "TaylorImportance",
+    "get_importance",
+    "register_importance",
+]

@@ -1,7 +1,8 @@
 """Importance criteria: a criterion maps one scope to one non-negative float64 score per group.
 
 Each criterion is a small class registered by name, so the CLI and configs choose it with a string
-(``--importance magnitude``) and new criteria plug in without touching the pruner.
+(``--importance activation``) and new criteria plug in without touching the pruner. A criterion
+declares which calibration statistics it reads (``requires``); the pruner collects exactly those.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import torch
 from torch import nn
 
 from ..adapters import PrunableScope
+from ..statistics import CalibrationStatistics
 
 IMPORTANCE_REGISTRY: dict[str, type["Importance"]] = {}
+
+CHANNELS, GRADIENTS = "channels", "gradients"
 
 
 def register_importance(name: str):
@@ -33,20 +37,31 @@ def register_importance(name: str):
 
 class Importance(ABC):
     name: str = ""
-    #: whether scores need calibration data passed through the model first
-    needs_calibration: bool = False
+    #: calibration statistics the criterion reads: CHANNELS and/or GRADIENTS; empty = data-free
+    requires: frozenset[str] = frozenset()
 
     @abstractmethod
-    def scores(self, model: nn.Module, scope: PrunableScope) -> torch.Tensor:
+    def scores(self, model: nn.Module, scope: PrunableScope, stats: CalibrationStatistics | None) -> torch.Tensor:
         """Scores of the groups of ``scope``: shape ``[num_groups]``, float64, >= 0."""
 
-    def __call__(self, model: nn.Module, scope: PrunableScope) -> torch.Tensor:
-        scores = self.scores(model, scope).to(torch.float64)
+    def __call__(
+        self, model: nn.Module, scope: PrunableScope, stats: CalibrationStatistics | None = None
+    ) -> torch.Tensor:
+        if self.requires and stats is None:
+            raise ValueError(f"importance {self.name!r} needs calibration statistics")
+        scores = self.scores(model, scope, stats).to(torch.float64)
         if scores.shape != (scope.num_groups,):
             raise RuntimeError(f"{self.name}: expected {scope.num_groups} scores for {scope.name}, got {tuple(scores.shape)}")
         if not torch.isfinite(scores).all() or (scores < 0).any():
             raise RuntimeError(f"{self.name}: scores of {scope.name} must be finite and non-negative")
         return scores
+
+
+def consumer_column_norms(model: nn.Module, scope: PrunableScope, power: int = 1) -> torch.Tensor:
+    """‖W_:,j‖₂ (or its square) of every input column j of the scope's consumer, float64."""
+    weight = model.get_submodule(scope.consumer.path).weight.detach().to(torch.float64)
+    squared = weight.pow(2).sum(dim=0).cpu()
+    return squared if power == 2 else squared.sqrt()
 
 
 def get_importance(name: str) -> Importance:

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from ..adapters import PrunableScope
+from ..statistics import CalibrationStatistics
 from .base import Importance, register_importance
 
 
 @register_importance("magnitude")
 class MagnitudeImportance(Importance):
-    def scores(self, model: nn.Module, scope: PrunableScope) -> torch.Tensor:
+    def scores(self, model: nn.Module, scope: PrunableScope, stats: CalibrationStatistics | None) -> torch.Tensor:
         squared = torch.zeros(scope.num_groups, dtype=torch.float64)
         for piece in scope.slices:
             weight = model.get_submodule(piece.path).weight.detach()
