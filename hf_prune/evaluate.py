@@ -232,8 +232,11 @@ def evaluate(
         was_training = model.training
         model.eval()
         try:
+            # The tasks are deterministic (0-shot, fixed items), so lm-eval gets no seeds: seeding
+            # would reset the caller's global RNGs, e.g. in the middle of a seeded pruning run.
             out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                                          bootstrap_iters=0, log_samples=True, verbosity="ERROR")
+                                          bootstrap_iters=0, log_samples=True, verbosity="ERROR",
+                                          random_seed=None, numpy_random_seed=None, torch_random_seed=None)
         finally:
             model.train(was_training)
     return _collect_metrics(out, lm)

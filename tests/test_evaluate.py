@@ -80,9 +80,13 @@ def test_lm_eval_perplexity_matches_a_plain_torch_loop(toy, corpus):
     assert res["word_perplexity"] == pytest.approx(math.exp(-total_ll / n_words), rel=1e-3)
 
 
-def test_next_sentence_task_runs_offline(toy, corpus):
+def test_next_sentence_task_runs_offline_and_leaves_global_rng_alone(toy, corpus):
     model, tok = toy
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     res = ev.evaluate(model, tok, test_file=corpus, tasks=[ev.NEXT_SENTENCE_TASK], mc_items=12, batch_size=8)
+    assert torch.equal(torch.rand(3), expected)
     assert res["next_sentence_items"] == 12
     assert 0.0 <= res["next_sentence_acc"] <= 1.0 and 0.0 <= res["next_sentence_acc_norm"] <= 1.0
 
