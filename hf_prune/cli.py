@@ -97,14 +97,14 @@ def resolve_config(args: argparse.Namespace) -> PruningConfig:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
     from rich.console import Console
 
     from .checkpoint import load_config, load_model, prepare_output_dir, save_pruned
+    from .distributed import process_state
     from .pruner import calibration_ids, prune
     from .report import print_summary, write_run_artifacts
 
-    state = PartialState()
+    state = process_state()
     console = Console(quiet=not state.is_main_process)
     config = resolve_config(args)
     model_id = args.model or str(DEFAULT_MODEL_DIR)

@@ -52,6 +52,7 @@ class PruningReport:
     allocation: dict[str, Any] = field(default_factory=dict)
     calibration_tokens: int = 0
     calibration_seconds: float = 0.0
+    calibration_processes: int = 1
     plan: dict[str, list[int]] = field(repr=False, default_factory=dict)
     scores: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
@@ -197,6 +198,7 @@ def prune(model: nn.Module, config: PruningConfig, input_ids: torch.Tensor | Non
         allocation=allocation.details,
         calibration_tokens=stats.tokens if stats else 0,
         calibration_seconds=stats.seconds if stats else 0.0,
+        calibration_processes=stats.processes if stats else 1,
         plan=plan,
         scores=scores,
     )

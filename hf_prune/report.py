@@ -59,8 +59,8 @@ def summary_lines(report: PruningReport) -> list[str]:
     if report.allocation.get("beta_solved"):
         lines.append(f"EMP: beta = {report.allocation['beta']:.4f}, solved by bisection for the budget")
     if report.calibration_tokens:
-        lines.append(f"calibration: {report.calibration_tokens:,} tokens in {report.calibration_seconds:.1f}s "
-                     f"(importance {report.config['importance']}, compensation {report.config['compensate']})")
+        lines.append(f"calibration: {report.calibration_tokens:,} tokens over {report.calibration_processes} "
+                     f"process(es) in {report.calibration_seconds:.1f}s (importance {report.config['importance']}, compensation {report.config['compensate']})")
     return lines
 
 

@@ -24,12 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import reduce
 from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import PrunableScope
+from .distributed import process_state
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,12 @@ class CalibrationStatistics:
     taylor: dict[str, torch.Tensor] = field(default_factory=dict)  # signed Σ w·∂L/∂w per group
     tokens: int = 0
     seconds: float = 0.0
+    processes: int = 1  # how many processes shared the calibration rows
 
     def reduce_across_processes(self) -> None:
         """Sum every statistic over the processes of a distributed run (no-op with one process)."""
-        state = PartialState()
+        state = process_state()
+        self.processes = state.num_processes
         if state.num_processes == 1:
             return
         device = state.device
@@ -93,7 +95,7 @@ class CalibrationStatistics:
 
 def shard_for_this_process(batches: torch.Tensor) -> torch.Tensor:
     """This process's rows of the calibration set (all rows with one process)."""
-    state = PartialState()
+    state = process_state()
     if state.num_processes == 1:
         return batches
     with state.split_between_processes(batches) as mine:

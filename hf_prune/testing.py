@@ -67,3 +67,45 @@ def random_plan(model: PreTrainedModel, seed: int = 0) -> dict[str, list[int]]:
         keep = int(torch.randint(1, scope.num_groups + 1, (1,), generator=generator))
         plan[scope.name] = sorted(torch.randperm(scope.num_groups, generator=generator)[:keep].tolist())
     return plan
+
+
+SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
+    "All that glitters is not gold. Where there is a will there is a way. Actions speak louder than words. "
+    "Knowledge is power, and time is money. The early bird catches the worm, but the second mouse gets the cheese. "
+)
+
+
+def make_tiny_tokenizer(vocab_size: int = 200, text: str = SAMPLE_TEXT):
+    """A word-piece BPE tokenizer trained on ``text``, whose ids fit the tiny models' vocabulary.
+
+    Built with the ``tokenizers`` library, offline, in well under a second.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<eos>"], show_progress=False)
+    tokenizer.train_from_iterator([text] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>")
+
+
+def write_calibration_file(path, documents: int = 40) -> str:
+    """A small .jsonl calibration file (one JSON object with a "text" field per line)."""
+    import json
+    import random
+
+    sentences = [s.strip() + "." for s in SAMPLE_TEXT.split(".") if s.strip()]
+    rng = random.Random(0)
+    with open(path, "w") as handle:
+        for _ in range(documents):
+            handle.write(json.dumps({"text": " ".join(rng.choices(sentences, k=12))}) + "\n")
+    return str(path)
+
+
+def save_tiny_checkpoint(family: str, directory, **overrides) -> str:
+    """A tiny random model of ``family`` plus a tokenizer, saved as a local checkpoint directory."""
+    make_tiny_model(family, **overrides).save_pretrained(directory)
+    make_tiny_tokenizer().save_pretrained(directory)
+    return str(directory)
