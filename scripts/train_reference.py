@@ -172,11 +172,16 @@ class BlockDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------------------------
 
 
-def build_model(p: Preset, tokenizer, seed: int):
-    """A freshly initialised ``LlamaForCausalLM`` for preset ``p`` (GQA, RoPE, RMSNorm, SwiGLU)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def build_model(p: Preset, tokenizer, seed: int, arch: str = "llama"):
+    """A freshly initialised causal LM for preset ``p`` (GQA, RoPE, RMSNorm, SwiGLU).
 
-    config = LlamaConfig(
+    ``arch="qwen3"`` builds the same shapes as a ``Qwen3ForCausalLM`` (adds per-head q/k norms),
+    a twin for checking that pruning behaves alike across the two families.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
+    config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=p.hidden_size,
         intermediate_size=p.intermediate_size,
@@ -191,7 +196,7 @@ def build_model(p: Preset, tokenizer, seed: int):
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return model_cls(config)
 
 
 def latest_checkpoint(run_dir: Path) -> str | None:
@@ -259,6 +264,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Preset]:
     ap.add_argument("--run-dir", type=Path, help="checkpoints/logs (default runs/<preset>)")
     ap.add_argument("--out", type=Path, help="final checkpoint (default <run-dir>/final)")
     ap.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
+    ap.add_argument("--arch", choices=["llama", "qwen3"], default="llama", help="model family of the twin")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     ap.add_argument("--logging-steps", type=int, default=10)
@@ -306,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     val_tokens = tokenize_split(tokenizer, val_file, args.run_dir / "val_tokens.npy")
     train_ds = BlockDataset(train_tokens, p.seq_len)
     val_ds = BlockDataset(val_tokens, p.seq_len, limit=args.val_blocks)
-    model = build_model(p, tokenizer, args.seed)
+    model = build_model(p, tokenizer, args.seed, args.arch)
     n_params = sum(t.numel() for t in model.parameters())
     print(f"model: {n_params:,} parameters; train {len(train_tokens):,} tokens ({len(train_ds):,} windows), "
           f"{p.max_steps * p.batch_size * p.seq_len:,} tokens to see", flush=True)
@@ -325,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "preset": args.preset,
+        "arch": args.arch,
         "hyperparameters": asdict(p),
         "seed": args.seed,
         "resumed_from": resume,

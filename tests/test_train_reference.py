@@ -106,6 +106,17 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
+def test_qwen3_twin_builds_the_same_shapes(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    corpus = write_fixture_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    assert tr.main([*SMOKE, "--arch", "qwen3", "--corpus", str(corpus), "--run-dir", str(run),
+                    "--max-steps", "1"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(run / "final")
+    assert model.config.model_type == "qwen3" and model.config.num_key_value_heads == 2
+
+
 def test_missing_corpus_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="prepare_corpus.py"):
         tr.main(["--preset", "tiny", "--corpus", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")])
