@@ -154,11 +154,18 @@ def _layer_summaries(
 
 
 @torch.no_grad()
-def prune(model: nn.Module, config: PruningConfig, input_ids: torch.Tensor | None = None) -> PruningReport:
+def prune(
+    model: nn.Module,
+    config: PruningConfig,
+    input_ids: torch.Tensor | None = None,
+    statistics: CalibrationStatistics | None = None,
+) -> PruningReport:
     """Prune ``model`` in place by ``config`` and return what was done.
 
     ``input_ids`` (``[samples, seq_len]``, see :func:`calibration_ids`) are needed by every criterion
-    but magnitude and by bias compensation. Afterwards the model is an instance of its family's pruned
+    but magnitude and by bias compensation. ``statistics`` already collected on this (dense) model by
+    :func:`collect_statistics` may be passed instead, to score once and prune at several budgets.
+    Afterwards the model is an instance of its family's pruned
     class (``PrunedLlamaForCausalLM`` etc.), so ``save_pretrained`` writes a checkpoint that reloads
     with its new shapes.
     """
@@ -169,7 +176,7 @@ def prune(model: nn.Module, config: PruningConfig, input_ids: torch.Tensor | Non
     prunable_before = sum(scope.num_groups * params_per_group[scope.name] for scope in scopes_before)
     selected = [scope for scope in scopes_before if config.selects(scope.kind)]
 
-    stats = collect_statistics(model, selected, config, input_ids)
+    stats = statistics if statistics is not None else collect_statistics(model, selected, config, input_ids)
     importance = get_importance(config.importance)
     scores = {
         scope.name: importance(model, scope, stats)

@@ -1,0 +1,82 @@
+"""Shared harness of the quality benchmarks: the reference model, a fixed held-out token set, and a
+paired perplexity of every pruned copy against the same dense model on exactly those tokens.
+
+Every benchmark prints what it measured and writes it (markdown table, JSON, plot) under
+``eval/results/``. Nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics as stats_lib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # one printed line per run says more than hundreds of nested bars
+
+import hf_prune  # noqa: F401  (registers the pruned classes)
+from hf_prune.evaluate import fixed_token_set, paired_comparison
+
+EVAL_DIR = Path(__file__).resolve().parent
+REFERENCE_DIR = EVAL_DIR / "reference"
+RESULTS_DIR = EVAL_DIR / "results"
+
+
+@dataclass
+class Bench:
+    """The dense reference model and the fixed held-out tokens every pruned copy is scored on."""
+
+    model_dir: Path
+    eval_windows: int = 64
+    eval_seq_len: int = 256
+    batch_size: int = 16
+    model: Any = field(init=False)
+    tokenizer: Any = field(init=False)
+    token_set: torch.Tensor = field(init=False)
+    dense_nll_cache: dict = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        torch.set_grad_enabled(True)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.token_set = fixed_token_set(self.tokenizer, num_windows=self.eval_windows, seq_len=self.eval_seq_len)
+
+    def fresh_copy(self):
+        return copy.deepcopy(self.model)
+
+    def compare(self, pruned) -> dict[str, float]:
+        return paired_comparison(self.model, pruned, self.token_set, batch_size=self.batch_size)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return (stats_lib.mean(values), stats_lib.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_results(name: str, rows: list[dict[str, Any]], markdown: str, meta: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS_DIR / f"{name}.md").write_text(markdown)
+    return RESULTS_DIR / f"{name}.md"
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def ratio_cell(ratios: list[float], achieved: list[float]) -> str:
+    """'1.023 ± 0.004 (30.1%)': mean pruned/dense perplexity ratio over seeds, mean achieved sparsity."""
+    mean, sd = mean_sd(ratios)
+    spread = f" ± {sd:.3f}" if len(ratios) > 1 else ""
+    return f"{mean:.3f}{spread} ({100 * stats_lib.mean(achieved):.1f}%)"
