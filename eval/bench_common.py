@@ -7,9 +7,12 @@ Every benchmark prints what it measured and writes it (markdown table, JSON, plo
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # one printed line per run says more than nested bars; set before tqdm loads
+
 import copy
 import json
-import os
 import statistics as stats_lib
 import time
 from dataclasses import dataclass, field
@@ -18,8 +21,6 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-os.environ.setdefault("TQDM_DISABLE", "1")  # one printed line per run says more than hundreds of nested bars
 
 import hf_prune  # noqa: F401  (registers the pruned classes)
 from hf_prune.evaluate import fixed_token_set, paired_comparison

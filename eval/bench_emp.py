@@ -18,7 +18,6 @@ import itertools
 from collections import defaultdict
 
 import torch
-from tqdm.auto import tqdm
 
 from bench_common import REFERENCE_DIR, RESULTS_DIR, Bench, Timer, ratio_cell, write_results
 from hf_prune import PruningConfig, prune
@@ -60,7 +59,7 @@ def main() -> None:
         with Timer() as timer:
             statistics = collect_statistics(bench.model, dense_scopes, base, rows)
         grid = list(itertools.product(ALLOCATIONS.items(), args.sparsities, ["none", "bias"]))
-        for (label, (target, units)), sparsity, compensate in tqdm(grid, desc=f"{importance} seed {seed}"):
+        for (label, (target, units)), sparsity, compensate in grid:
             config = PruningConfig(target=target, units=units, sparsity=sparsity, importance=importance,
                                    compensate=compensate, calibration="reference", seed=seed)
             model = bench.fresh_copy()
