@@ -151,3 +151,19 @@ def test_cli_prints_metrics_and_fails_cleanly(tmp_path, toy, corpus, capsys):
     assert eval_cli.main(["--model", str(tmp_path / "m"), "--test-file", str(tmp_path / "no.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "prepare_corpus.py" in err
+
+
+def test_embedded_default_model_loads_offline_and_is_small():
+    """The package's default model: standard Auto classes, <= 3 MB of weights, prunable GQA shape."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = ev.DEFAULT_MODEL_DIR
+    assert (d / "model.safetensors").stat().st_size <= 3_000_000
+    model = AutoModelForCausalLM.from_pretrained(d)
+    tok = AutoTokenizer.from_pretrained(d)
+    cfg = model.config
+    assert cfg.num_hidden_layers >= 2 and cfg.num_key_value_heads >= 2
+    assert cfg.num_attention_heads % cfg.num_key_value_heads == 0
+    ids = tok("In the beginning", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(model.float()(ids).logits).all()
