@@ -19,6 +19,7 @@ This module deliberately imports nothing else from ``hf_prune`` and imports lm-e
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -136,8 +137,6 @@ def _similar_length_sentences(pool, lengths, answer: str, doc_i: int, k: int, rn
 
     Matching lengths stops a model from winning on length priors alone.
     """
-    import bisect
-
     centre = bisect.bisect_left(lengths, len(answer))
     lo, hi = max(0, centre - 40), min(len(pool), centre + 40)
     window = [s for i, s in pool[lo:hi] if i != doc_i and s != answer]
