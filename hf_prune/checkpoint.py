@@ -54,14 +54,39 @@ def load_config(name_or_path: str) -> Any:
     return config
 
 
+def check_quantization_available(bits: int) -> None:
+    """A quantized base needs bitsandbytes and a CUDA GPU: say so before anything is loaded."""
+    import importlib.util
+
+    flag = f"--load-in-{bits}bit"
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"{flag} needs a CUDA GPU (bitsandbytes kernels), and none is visible; "
+                             "drop the flag to train gates on the full-precision base")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(f"{flag} needs bitsandbytes: pip install 'hf-prune[bnb]'")
+
+
 def load_model(
-    name_or_path: str, *, dtype: str = "auto", device_map: str | None = None
+    name_or_path: str, *, dtype: str = "auto", device_map: Any = None, quantize_bits: int | None = None
 ) -> tuple[PreTrainedModel, Any]:
-    """Load a supported causal LM and its tokenizer (None when the checkpoint ships none)."""
+    """Load a supported causal LM and its tokenizer (None when the checkpoint ships none).
+
+    ``quantize_bits`` (4 or 8) loads the base through bitsandbytes: usable for gate training (frozen
+    base), not for surgery.
+    """
     load_config(name_or_path)
+    extra: dict[str, Any] = {}
+    if quantize_bits is not None:
+        from transformers import BitsAndBytesConfig
+
+        check_quantization_available(quantize_bits)
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantize_bits == 4, load_in_8bit=quantize_bits == 8,
+            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+        device_map = device_map or "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=resolve_dtype(dtype), device_map=device_map, use_safetensors=True
+            name_or_path, dtype=resolve_dtype(dtype), device_map=device_map, use_safetensors=True, **extra
         )
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0]

@@ -21,7 +21,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from .config import COMPENSATION, UNITS, PruningConfig, load_recipe
+from .config import COMPENSATION, GATE_INIT, LEARNED_TARGETS, UNITS, PruningConfig, load_recipe
 from .errors import HfPruneError
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -33,8 +33,8 @@ def _choices() -> dict[str, list[str]]:
     from .allocation import ALLOCATORS
     from .importance import IMPORTANCE_REGISTRY
 
-    return {"target": sorted(ALLOCATORS), "importance": sorted(IMPORTANCE_REGISTRY), "units": list(UNITS),
-            "compensate": list(COMPENSATION)}
+    return {"target": sorted([*ALLOCATORS, *LEARNED_TARGETS]), "importance": sorted(IMPORTANCE_REGISTRY), "units": list(UNITS),
+            "compensate": list(COMPENSATION), "gate_init": list(GATE_INIT)}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +77,12 @@ def build_prune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device-map", default=None,
                         help="passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs and CPU "
                              "(default: everything on one device; one device per process under accelerate)")
+    quantized = parser.add_mutually_exclusive_group()
+    quantized.add_argument("--load-in-4bit", action="store_true",
+                           help="Hyperflux: hold the frozen base in 4-bit (bitsandbytes NF4) while gates train; the "
+                                "plan is then applied to the full-precision weights. Needs a CUDA GPU")
+    quantized.add_argument("--load-in-8bit", action="store_true",
+                           help="Hyperflux: like --load-in-4bit, with an 8-bit (LLM.int8) base")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     return parser
 
@@ -93,15 +99,18 @@ def resolve_config(args: argparse.Namespace) -> PruningConfig:
         values.pop("beta", None)
     elif values.get("beta") is not None and "sparsity" not in values:
         values["sparsity"] = None
+    if values.get("target") == "hyperflux" and not values.get("state_dir"):
+        values["state_dir"] = str(Path(args.output).expanduser().resolve()) + ".hyperflux-state"
     return PruningConfig.from_dict(values)
 
 
 def run_prune(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .checkpoint import load_config, load_model, prepare_output_dir, save_pruned
+    from .checkpoint import check_quantization_available, load_config, load_model, prepare_output_dir, save_pruned
     from .distributed import process_state
-    from .pruner import calibration_ids, prune
+    from .errors import ConfigError
+    from .pruner import apply_pruning, calibration_ids, make_plan
     from .report import print_summary, write_run_artifacts
 
     state = process_state()
@@ -109,6 +118,12 @@ def run_prune(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     model_id = args.model or str(DEFAULT_MODEL_DIR)
     base_name = args.model or DEFAULT_MODEL_NAME
+    quantize_bits = 4 if args.load_in_4bit else 8 if args.load_in_8bit else None
+    if quantize_bits is not None:
+        if config.target not in LEARNED_TARGETS:
+            raise ConfigError(f"--load-in-{quantize_bits}bit applies to --target hyperflux only: the other targets "
+                              "read full-precision weights")
+        check_quantization_available(quantize_bits)
     prepare_output_dir(args.output, args.overwrite)  # fail before the slow part, not after it
     load_config(model_id)
 
@@ -117,9 +132,13 @@ def run_prune(args: argparse.Namespace) -> int:
     device_map = args.device_map
     if device_map is None and state.num_processes > 1:
         device_map = {"": state.device}
-    model, tokenizer = load_model(model_id, dtype=args.dtype, device_map=device_map)
+    model, tokenizer = load_model(model_id, dtype=args.dtype, device_map=device_map, quantize_bits=quantize_bits)
     input_ids = calibration_ids(model, tokenizer, config)
-    report = prune(model, config, input_ids)
+    plan = make_plan(model, config, input_ids)
+    if quantize_bits is not None:  # gates were learned on the quantized base: cut the real weights
+        del model
+        model, _ = load_model(model_id, dtype=args.dtype, device_map=device_map)
+    report = apply_pruning(model, config, plan)
     if state.is_main_process:
         output = save_pruned(model, tokenizer, args.output, overwrite=args.overwrite,
                              write_extras=lambda directory: write_run_artifacts(report, base_name, directory))

@@ -19,6 +19,18 @@ logger = logging.getLogger(__name__)
 
 UNITS = ("all", "attention", "mlp")
 COMPENSATION = ("none", "bias")
+GATE_INIT = ("uniform", "scores")
+LEARNED_TARGETS = ("hyperflux",)  # targets that learn their plan instead of allocating from scores
+
+#: options that only mean something for some targets: giving them (a non-default value) with another
+#: target is an error rather than a silently ignored flag
+TARGET_ONLY_OPTIONS = {
+    "beta": ("emp",),
+    "mlp_multiple": ("emp",),
+    **{name: ("hyperflux",) for name in (
+        "steps", "regrowth_steps", "tick_every", "gate_lr", "gate_init", "pressure_step", "pressure_exponent",
+        "grad_accum", "checkpoint_every", "state_dir", "resume", "gradient_checkpointing")},
+}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -30,7 +42,8 @@ class PruningConfig:
     target: str = field(default="uniform", metadata=_help(
         "how many groups each layer keeps: 'uniform' removes the same fraction of KV groups and MLP neurons "
         "in every layer; 'emp' keeps a number proportional to each layer's effective number of groups "
-        "N_eff = (sum s)^2 / sum s^2 of its importance scores, scaled to meet --sparsity"))
+        "N_eff = (sum s)^2 / sum s^2 of its importance scores, scaled to meet --sparsity; 'hyperflux' learns "
+        "gates under a scheduled pressure on calibration text, then keeps exactly the budget"))
     sparsity: float | None = field(default=0.3, metadata=_help(
         "fraction of the prunable parameters (attention + MLP weights of all decoder layers) to remove, in "
         "[0, 1); the achieved figure differs only by rounding to whole groups"))
@@ -62,7 +75,27 @@ class PruningConfig:
     sequential: bool = field(default=False, metadata=_help(
         "collect activation statistics one decoder layer at a time, holding only that layer's activations "
         "(the way a 70B model is scored on one GPU); not used by 'taylor', which needs a full backward"))
-    seed: int = field(default=0, metadata=_help("random seed of the calibration sample"))
+    seed: int = field(default=0, metadata=_help("random seed of the calibration sample (and of Hyperflux gates)"))
+    steps: int = field(default=200, metadata=_help(
+        "Hyperflux: optimizer steps under pressure; the density follows the target curve to the budget at the end"))
+    regrowth_steps: int = field(default=20, metadata=_help(
+        "Hyperflux: steps at zero pressure with a decaying learning rate, letting useful groups reopen"))
+    tick_every: int = field(default=10, metadata=_help("Hyperflux: optimizer steps between pressure updates"))
+    gate_lr: float = field(default=1e-3, metadata=_help("Hyperflux: Adam learning rate of the gate logits"))
+    gate_init: str = field(default="uniform", metadata=_help(
+        "Hyperflux: 'uniform' = the paper's U(0.2, 0.5); 'scores' = ordered by --importance within each layer, "
+        "so Hyperflux refines a one-shot ranking"))
+    pressure_step: float = field(default=0.15, metadata=_help("Hyperflux: pressure step s of the scheduler"))
+    pressure_exponent: float = field(default=3.0, metadata=_help(
+        "Hyperflux: the loss uses gamma**k as pressure multiplier (k = this)"))
+    grad_accum: int = field(default=1, metadata=_help("Hyperflux: micro-batches per optimizer step"))
+    checkpoint_every: int = field(default=50, metadata=_help(
+        "Hyperflux: steps between resumable state snapshots in --state-dir"))
+    state_dir: str | None = field(default=None, metadata=_help(
+        "Hyperflux: directory of the resumable state (the CLI uses <output>.hyperflux-state)"))
+    resume: bool = field(default=False, metadata=_help("Hyperflux: continue from the state in --state-dir"))
+    gradient_checkpointing: bool = field(default=False, metadata=_help(
+        "Hyperflux: recompute activations in the backward pass (less memory, ~30% more time)"))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -75,19 +108,26 @@ class PruningConfig:
             if value not in options:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(options))}")
 
-        choose("target", self.target, ALLOCATORS)
+        choose("target", self.target, [*ALLOCATORS, *LEARNED_TARGETS])
         choose("importance", self.importance, IMPORTANCE_REGISTRY)
         choose("units", self.units, UNITS)
         choose("compensate", self.compensate, COMPENSATION)
+        choose("gate_init", self.gate_init, GATE_INIT)
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, targets in TARGET_ONLY_OPTIONS.items():
+            if getattr(self, name) != defaults[name] and self.target not in targets:
+                raise ConfigError(f"{name} applies to --target {' / '.join(targets)} only")
         if self.beta is not None:
-            if self.target != "emp":
-                raise ConfigError("beta applies to --target emp only")
             if self.sparsity is not None:
                 raise ConfigError("give either sparsity (beta is then solved for it) or beta (the raw EMP rule), not both")
             if not isinstance(self.beta, (int, float)) or self.beta <= 0:
                 raise ConfigError(f"beta must be a positive number, got {self.beta!r}")
         elif self.sparsity is None:
             raise ConfigError("give a sparsity (or, with --target emp, a beta)")
+        for name in ("gate_lr", "pressure_step", "pressure_exponent"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.sparsity is not None:
             if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
                 raise ConfigError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
@@ -95,10 +135,16 @@ class PruningConfig:
                 raise ConfigError(
                     f"sparsity must be in [0, 1), got {self.sparsity}: it is the fraction of parameters to remove")
             self.sparsity = float(self.sparsity)
-        for name in ("mlp_multiple", "calibration_samples", "seq_len", "batch_size"):
+        for name in ("mlp_multiple", "calibration_samples", "seq_len", "batch_size", "steps", "tick_every",
+                     "grad_accum", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.regrowth_steps, bool) or not isinstance(self.regrowth_steps, int) or self.regrowth_steps < 0:
+            raise ConfigError(f"regrowth_steps must be a non-negative integer, got {self.regrowth_steps!r}")
+        if self.target in LEARNED_TARGETS and self.steps < self.tick_every:
+            raise ConfigError(f"steps ({self.steps}) must be at least tick_every ({self.tick_every}): the pressure "
+                              "is updated every tick_every steps")
 
     def selects(self, kind: str) -> bool:
         """Whether groups of this scope kind ("attention" / "mlp") may be removed."""

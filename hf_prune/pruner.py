@@ -20,7 +20,7 @@ from .allocation import ALLOCATORS, AllocationRequest, allocate_uniform
 from .calibration import CalibrationSource, load_calibration
 from .checkpoint import as_pruned_model
 from .compensation import compensate
-from .config import PruningConfig
+from .config import LEARNED_TARGETS, PruningConfig
 from .errors import BudgetError, ConfigError
 from .importance import CHANNELS, GRADIENTS, get_importance
 from .statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
@@ -55,6 +55,10 @@ class PruningReport:
     calibration_processes: int = 1
     plan: dict[str, list[int]] = field(repr=False, default_factory=dict)
     scores: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    #: Hyperflux: one entry per scheduler tick (density, target, pressure, loss, open groups per scope)
+    trajectory: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    #: (name, groups) of the scopes that were pruned, in order: labels of the trajectory's "open" lists
+    pruned_scopes: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def achieved_sparsity(self) -> float:
@@ -64,6 +68,7 @@ class PruningReport:
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values.pop("scores")
+        values.pop("trajectory")
         values["achieved_sparsity"] = self.achieved_sparsity
         return values
 
@@ -85,13 +90,14 @@ def top_groups(scores: torch.Tensor, keep: int) -> list[int]:
 
 
 def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> torch.Tensor | None:
-    """Token rows for the statistics the config needs, or None when the run is data-free."""
-    if not _needed_statistics(config):
+    """Token rows for the statistics or gate training the config needs, or None when the run is data-free."""
+    learned = config.target in LEARNED_TARGETS
+    if not _needed_statistics(config) and not learned:
         return None
     if config.calibration is None:
-        raise ConfigError(
-            f"importance {config.importance!r}" + (" with --compensate bias" if config.compensate == "bias" else "")
-            + " needs calibration text: pass --calibration FILE.txt|FILE.jsonl|reference|DATASET")
+        what = (f"target {config.target!r}" if learned else f"importance {config.importance!r}") + (
+            " with --compensate bias" if config.compensate == "bias" else "")
+        raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|reference|DATASET")
     seq_len = config.seq_len
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and seq_len > limit:
@@ -103,7 +109,8 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> 
 
 
 def _needed_statistics(config: PruningConfig) -> set[str]:
-    needed = set(get_importance(config.importance).requires)
+    scored = config.target not in LEARNED_TARGETS or config.gate_init == "scores"
+    needed = set(get_importance(config.importance).requires) if scored else set()
     if config.compensate == "bias":
         needed.add(CHANNELS)
     return needed
@@ -153,66 +160,90 @@ def _layer_summaries(
     ]
 
 
+@dataclass
+class PruningPlan:
+    """What to keep, decided on one copy of a model and applicable to another of the same shapes (e.g.
+    learned on a 4-bit base, applied to the full-precision weights)."""
+
+    kept: dict[str, list[int]]  # scope name -> kept group indices
+    details: dict[str, Any]  # allocator / trainer figures for the report (beta, densities, ...)
+    scores: dict[str, torch.Tensor]
+    trajectory: list[dict[str, Any]]
+    uniform_kept: dict[str, int] | None  # uniform allocation at the same budget, for comparison
+    statistics: CalibrationStatistics | None  # reused by compensation
+
+
 @torch.no_grad()
-def prune(
+def make_plan(
     model: nn.Module,
     config: PruningConfig,
     input_ids: torch.Tensor | None = None,
     statistics: CalibrationStatistics | None = None,
-) -> PruningReport:
-    """Prune ``model`` in place by ``config`` and return what was done.
+) -> PruningPlan:
+    """Score or learn, and allocate: which groups of every selected scope to keep. The model is unchanged.
 
     ``input_ids`` (``[samples, seq_len]``, see :func:`calibration_ids`) are needed by every criterion
-    but magnitude and by bias compensation. ``statistics`` already collected on this (dense) model by
-    :func:`collect_statistics` may be passed instead, to score once and prune at several budgets.
-    Afterwards the model is an instance of its family's pruned
-    class (``PrunedLlamaForCausalLM`` etc.), so ``save_pretrained`` writes a checkpoint that reloads
-    with its new shapes.
+    but magnitude, by bias compensation and by Hyperflux. ``statistics`` already collected on this
+    (dense) model by :func:`collect_statistics` may be passed instead, to score once and prune at
+    several budgets.
     """
+    scopes = get_adapter(model).scopes(model)
+    params_per_group = {scope.name: scope.params_per_group(model) for scope in scopes}
+    selected = [scope for scope in scopes if config.selects(scope.kind)]
+    stats = statistics if statistics is not None else collect_statistics(model, selected, config, input_ids)
+    request = AllocationRequest(
+        scopes=selected, params_per_group=params_per_group,
+        total_prunable=sum(scope.num_groups * params_per_group[scope.name] for scope in scopes),
+        sparsity=config.sparsity, beta=config.beta, mlp_multiple=config.mlp_multiple,
+    )
+    if config.target not in LEARNED_TARGETS or config.gate_init == "scores":
+        importance = get_importance(config.importance)
+        request.scores = {
+            scope.name: importance(model, scope, stats)
+            for scope in tqdm(selected, desc=f"scoring ({config.importance})", unit="scope", leave=False)
+        }
+    if config.target in LEARNED_TARGETS:
+        kept, details, trajectory = _learn_plan(model, request, config, input_ids)
+    else:
+        allocation = ALLOCATORS[config.target](request)
+        kept = {name: top_groups(request.scores[name], count) for name, count in allocation.kept.items()}
+        details, trajectory = allocation.details, []
+    return PruningPlan(kept, details, request.scores, trajectory, _uniform_for_comparison(request, config), stats)
+
+
+@torch.no_grad()
+def apply_pruning(model: nn.Module, config: PruningConfig, plan: PruningPlan) -> PruningReport:
+    """Compensate (if asked), cut, and relabel ``model`` as its family's pruned class, in place."""
     adapter = get_adapter(model)
     scopes_before = adapter.scopes(model)
     params_before = count_parameters(model)
-    params_per_group = {scope.name: scope.params_per_group(model) for scope in scopes_before}
-    prunable_before = sum(scope.num_groups * params_per_group[scope.name] for scope in scopes_before)
-    selected = [scope for scope in scopes_before if config.selects(scope.kind)]
-
-    stats = statistics if statistics is not None else collect_statistics(model, selected, config, input_ids)
-    importance = get_importance(config.importance)
-    scores = {
-        scope.name: importance(model, scope, stats)
-        for scope in tqdm(selected, desc=f"scoring ({config.importance})", unit="scope", leave=False)
-    }
-    request = AllocationRequest(
-        scopes=selected, params_per_group=params_per_group, total_prunable=prunable_before,
-        sparsity=config.sparsity, scores=scores, beta=config.beta, mlp_multiple=config.mlp_multiple,
-    )
-    allocation = ALLOCATORS[config.target](request)
-    uniform_kept = _uniform_for_comparison(request, config)
-    plan = {name: top_groups(scores[name], kept) for name, kept in allocation.kept.items()}
-
+    prunable_before = prunable_parameters(model, scopes_before)
     if config.compensate == "bias":
-        compensate(model, selected, plan, stats)
-    apply_plan(model, scopes_before, plan)
+        compensate(model, [s for s in scopes_before if s.name in plan.kept], plan.kept, plan.statistics)
+    apply_plan(model, scopes_before, plan.kept)
 
     scopes_after = adapter.scopes(model)
+    stats = plan.statistics
     report = PruningReport(
         config=config.to_dict(),
-        layers=_layer_summaries(scopes_before, scopes_after, uniform_kept),
+        layers=_layer_summaries(scopes_before, scopes_after, plan.uniform_kept),
         params_before=params_before,
         params_after=count_parameters(model),
         prunable_before=prunable_before,
         prunable_after=prunable_parameters(model, scopes_after),
-        allocation=allocation.details,
+        allocation=plan.details,
         calibration_tokens=stats.tokens if stats else 0,
         calibration_seconds=stats.seconds if stats else 0.0,
         calibration_processes=stats.processes if stats else 1,
-        plan=plan,
-        scores=scores,
+        plan=plan.kept,
+        scores=plan.scores,
+        trajectory=plan.trajectory,
+        pruned_scopes=[(s.name, s.num_groups) for s in scopes_before if s.name in plan.kept],
     )
     info = {
         "version": __version__,
         "config": config.to_dict(),
-        "allocation": allocation.details,
+        "allocation": plan.details,
         "achieved_sparsity": round(report.achieved_sparsity, 6),
         "params_before": report.params_before,
         "params_after": report.params_after,
@@ -221,6 +252,48 @@ def prune(
     logger.info("pruned %s -> %s parameters (%.2f%% of prunable removed)",
                 f"{params_before:,}", f"{report.params_after:,}", 100 * report.achieved_sparsity)
     return report
+
+
+def prune(
+    model: nn.Module,
+    config: PruningConfig,
+    input_ids: torch.Tensor | None = None,
+    statistics: CalibrationStatistics | None = None,
+) -> PruningReport:
+    """Prune ``model`` in place by ``config`` (:func:`make_plan` then :func:`apply_pruning`).
+
+    Afterwards the model is an instance of its family's pruned class (``PrunedLlamaForCausalLM``
+    etc.), so ``save_pretrained`` writes a checkpoint that reloads with its new shapes.
+    """
+    return apply_pruning(model, config, make_plan(model, config, input_ids, statistics))
+
+
+def _learn_plan(
+    model: nn.Module, request: AllocationRequest, config: PruningConfig, input_ids: torch.Tensor | None
+) -> tuple[dict[str, list[int]], dict[str, Any], list[dict[str, Any]]]:
+    """Hyperflux: train gates on the calibration rows, project them onto exactly the budget."""
+    from .hyperflux import HyperfluxOptions, HyperfluxTrainer
+
+    if input_ids is None:
+        raise ConfigError(f"target {config.target!r} needs calibration token ids")
+    budget = request.kept_budget
+    if budget < sum(request.params_per_group[s.name] for s in request.scopes):
+        raise BudgetError(f"sparsity {config.sparsity:g} would leave less than one group per layer; lower --sparsity")
+    options = HyperfluxOptions(
+        steps=config.steps, regrowth_steps=config.regrowth_steps, tick_every=config.tick_every,
+        gate_lr=config.gate_lr, pressure_step=config.pressure_step, pressure_exponent=config.pressure_exponent,
+        grad_accum=config.grad_accum, batch_size=config.batch_size, checkpoint_every=config.checkpoint_every,
+        gate_init=config.gate_init, gradient_checkpointing=config.gradient_checkpointing, seed=config.seed,
+        state_dir=config.state_dir, resume=config.resume,
+    )
+    trainer = HyperfluxTrainer(model, request.scopes, request.params_per_group, budget, input_ids, options,
+                               scores=request.scores or None)
+    result = trainer.run()
+    details = {"final_density_before_projection": result.final_density,
+               "target_density": budget / trainer.gates.total_cost, "gate_seconds": result.seconds,
+               "ticks": len(result.trajectory), "calibration_rows": int(input_ids.shape[0]),
+               "processes": result.processes}
+    return result.plan, details, result.trajectory
 
 
 def _uniform_for_comparison(request: AllocationRequest, config: PruningConfig) -> dict[str, int] | None:

@@ -4,7 +4,8 @@ Written beside the checkpoint:
 - ``README.md``: the model card (what was done, how to load, kept groups per layer);
 - ``hf_prune_report.json``: config, per-layer counts, parameter counts, β, calibration tokens/time;
 - ``allocation.png``: kept fraction per layer (EMP vs uniform at the same budget, when both exist);
-- ``importance.safetensors``: the per-group scores of every pruned scope, for reuse and inspection.
+- ``importance.safetensors``: the per-group scores of every pruned scope, for reuse and inspection;
+- ``hyperflux_trajectory.{json,png}``: Hyperflux's density, target, pressure and open groups per tick.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
 
+from .hyperflux.trajectory import write_trajectory
 from .pruner import PruningReport
 
 
@@ -58,6 +60,11 @@ def summary_lines(report: PruningReport) -> list[str]:
                      "(the difference is rounding to whole groups)")
     if report.allocation.get("beta_solved"):
         lines.append(f"EMP: beta = {report.allocation['beta']:.4f}, solved by bisection for the budget")
+    if "target_density" in report.allocation:
+        a = report.allocation
+        lines.append(f"Hyperflux: {a['ticks']} ticks in {a['gate_seconds']:.1f}s; open parameter share before projection "
+                     f"{a['final_density_before_projection']:.4f} vs target {a['target_density']:.4f}; "
+                     "projected onto exactly the budget")
     if report.calibration_tokens:
         lines.append(f"calibration: {report.calibration_tokens:,} tokens over {report.calibration_processes} "
                      f"process(es) in {report.calibration_seconds:.1f}s (importance {report.config['importance']}, compensation {report.config['compensate']})")
@@ -147,6 +154,9 @@ def write_run_artifacts(report: PruningReport, base_model: str, directory: Path)
     (directory / "hf_prune_report.json").write_text(json.dumps(
         {key: value for key, value in report.to_dict().items() if key != "plan"}, indent=2))
     save_allocation_plot(report, directory / "allocation.png")
+    if report.trajectory:
+        names, sizes = zip(*report.pruned_scopes)
+        write_trajectory(report.trajectory, names, sizes, directory)
     if report.scores:
         save_file({name: score.contiguous() for name, score in report.scores.items()},
                   str(directory / "importance.safetensors"))

@@ -1,0 +1,21 @@
+"""Hyperflux (arXiv 2504.05349), structured: learned L0 gates on KV groups and MLP neurons under a
+scheduled pressure, then an exact projection onto the parameter budget."""
+
+from .gates import GateSet, hard_gate
+from .projection import project_to_budget
+from .scheduler import PressureScheduler, TargetTrajectory
+from .trainer import HyperfluxOptions, HyperfluxResult, HyperfluxTrainer
+from .trajectory import plot_trajectory, write_trajectory
+
+__all__ = [
+    "GateSet",
+    "HyperfluxOptions",
+    "HyperfluxResult",
+    "HyperfluxTrainer",
+    "PressureScheduler",
+    "TargetTrajectory",
+    "hard_gate",
+    "plot_trajectory",
+    "project_to_budget",
+    "write_trajectory",
+]

@@ -1,0 +1,136 @@
+"""`hf-prune --target hyperflux` end to end: four families, exact budget, kill and resume, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from hf_prune.adapters import get_adapter
+from hf_prune.cli import main
+from hf_prune.testing import save_tiny_checkpoint, write_calibration_file
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr()
+
+
+def hyperflux_args(model_dir, calibration, **overrides):
+    options = {"--target": "hyperflux", "--sparsity": "0.35", "--calibration": calibration,
+               "--calibration-samples": "8", "--seq-len": "16", "--steps": "20", "--tick-every": "5",
+               "--regrowth-steps": "5", "--gate-lr": "0.02", **overrides}
+    return ["--model", model_dir, *[str(x) for pair in options.items() for x in pair]]
+
+
+def smallest_group(model_dir) -> int:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return min(scope.params_per_group(model) for scope in get_adapter(model).scopes(model))
+
+
+def test_every_family_hits_the_budget_exactly(capsys, tmp_path, family):
+    model_dir = save_tiny_checkpoint(family, tmp_path / "model")
+    calibration = write_calibration_file(tmp_path / "calib.jsonl")
+    out = tmp_path / "out"
+    code, captured = run(capsys, *hyperflux_args(model_dir, calibration), "--output", out)
+    assert code == 0, captured.err
+    report = json.loads((out / "hf_prune_report.json").read_text())
+    removed = report["prunable_before"] - report["prunable_after"]
+    target = 0.35 * report["prunable_before"]
+    assert 0 <= removed - target < smallest_group(model_dir), "projection keeps exactly the budget"
+    assert "Hyperflux: 5 ticks" in captured.out
+    trajectory = json.loads((out / "hyperflux_trajectory.json").read_text())
+    assert len(trajectory["ticks"]) == 5 and len(trajectory["scopes"]) == 2 * 3
+    assert {"density", "target", "gamma", "lm_loss", "open"} <= set(trajectory["ticks"][0])
+    assert (out / "hyperflux_trajectory.png").stat().st_size > 10_000
+    assert not (tmp_path / "out.hyperflux-state").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"]
+
+
+def test_gates_can_start_from_importance_scores(capsys, tmp_path):
+    model_dir = save_tiny_checkpoint("qwen3", tmp_path / "model")
+    calibration = write_calibration_file(tmp_path / "calib.jsonl")
+    code, captured = run(capsys, *hyperflux_args(model_dir, calibration, **{"--gate-init": "scores",
+                         "--importance": "activation"}), "--output", tmp_path / "out")
+    assert code == 0, captured.err
+    assert (tmp_path / "out" / "importance.safetensors").exists()
+
+
+def test_hyperflux_options_are_refused_with_other_targets(capsys, tmp_path):
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
+    code, captured = run(capsys, "--model", model_dir, "--steps", "50", "--output", tmp_path / "o")
+    assert code == 2 and "steps applies to --target hyperflux only" in captured.err
+
+
+def test_hyperflux_needs_calibration_text(capsys, tmp_path):
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
+    code, captured = run(capsys, "--model", model_dir, "--target", "hyperflux", "--output", tmp_path / "o")
+    assert code == 2 and "target 'hyperflux' needs calibration text" in captured.err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
+def test_4bit_base_without_a_gpu_is_a_clear_error(capsys, tmp_path):
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
+    calibration = write_calibration_file(tmp_path / "calib.jsonl")
+    code, captured = run(capsys, *hyperflux_args(model_dir, calibration), "--load-in-4bit", "--output", tmp_path / "o")
+    assert code == 2 and "--load-in-4bit needs a CUDA GPU" in captured.err
+    code, captured = run(capsys, "--model", model_dir, "--load-in-8bit", "--output", tmp_path / "o")
+    assert code == 2 and "applies to --target hyperflux only" in captured.err
+
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "hf_prune", *[str(a) for a in args]]
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
+    calibration = write_calibration_file(tmp_path / "calib.jsonl")
+    args = hyperflux_args(model_dir, calibration, **{"--steps": "400", "--tick-every": "10", "--regrowth-steps": "20",
+                                                     "--checkpoint-every": "20"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    reference = subprocess.run(cli(*args, "--output", tmp_path / "reference"), capture_output=True, text=True, env=env)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    state = tmp_path / "killed.hyperflux-state" / "hyperflux_state.json"
+    process = subprocess.Popen(cli(*args, "--output", tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists(), "the run wrote no state before it was killed"
+    step = json.loads(state.read_text())["step"]
+    assert step < 420, "the run was killed before it finished"
+    assert not (tmp_path / "killed").exists(), "a killed run leaves no output directory"
+
+    resumed = subprocess.run(cli(*args, "--output", tmp_path / "killed", "--resume"), capture_output=True,
+                             text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    shapes = lambda d: json.loads((d / "config.json").read_text())["pruned_linear_shapes"]  # noqa: E731
+    assert shapes(tmp_path / "killed") == shapes(tmp_path / "reference")
+    ours, theirs = load_file(tmp_path / "killed" / "model.safetensors"), load_file(tmp_path / "reference" / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    trajectory = lambda d: json.loads((d / "hyperflux_trajectory.json").read_text())["ticks"]  # noqa: E731
+    assert trajectory(tmp_path / "killed") == trajectory(tmp_path / "reference")
+
+
+def test_data_parallel_over_two_processes(tmp_path):
+    model_dir = save_tiny_checkpoint("qwen2", tmp_path / "model")
+    calibration = write_calibration_file(tmp_path / "calib.jsonl")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_prune"]
+    result = subprocess.run([*launch, *hyperflux_args(model_dir, calibration), "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "hf_prune_report.json").read_text())
+    assert report["allocation"]["processes"] == 2
+    removed = report["prunable_before"] - report["prunable_after"]
+    assert 0 <= removed - 0.35 * report["prunable_before"] < smallest_group(model_dir)
