@@ -168,6 +168,9 @@ def save_pruned(
     """
     output = prepare_output_dir(output_dir, overwrite)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:

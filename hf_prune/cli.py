@@ -104,6 +104,17 @@ def resolve_config(args: argparse.Namespace) -> PruningConfig:
     return PruningConfig.from_dict(values)
 
 
+def restore_checkpoint_dtype(model, source_dtype) -> None:
+    """On a CPU, 'auto' computes in float32; the pruned checkpoint is still written in the dtype the
+    base checkpoint was stored in, so pruning never makes the files larger."""
+    import torch
+
+    if isinstance(source_dtype, str):
+        source_dtype = getattr(torch, source_dtype, None)
+    if isinstance(source_dtype, torch.dtype) and source_dtype.is_floating_point and model.dtype != source_dtype:
+        model.to(source_dtype)
+
+
 def run_prune(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -125,7 +136,7 @@ def run_prune(args: argparse.Namespace) -> int:
                               "read full-precision weights")
         check_quantization_available(quantize_bits)
     prepare_output_dir(args.output, args.overwrite)  # fail before the slow part, not after it
-    load_config(model_id)
+    source_dtype = getattr(load_config(model_id), "dtype", None)
 
     started = time.perf_counter()
     console.print(f"loading {model_id}")
@@ -139,6 +150,8 @@ def run_prune(args: argparse.Namespace) -> int:
         del model
         model, _ = load_model(model_id, dtype=args.dtype, device_map=device_map)
     report = apply_pruning(model, config, plan)
+    if args.dtype == "auto":
+        restore_checkpoint_dtype(model, source_dtype)
     if state.is_main_process:
         output = save_pruned(model, tokenizer, args.output, overwrite=args.overwrite,
                              write_extras=lambda directory: write_run_artifacts(report, base_name, directory))

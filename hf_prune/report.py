@@ -102,10 +102,11 @@ neurons were removed, so the weights are physically smaller.
 
 ```python
 import hf_prune  # registers the pruned classes
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("<this directory or repo>")
-# without hf_prune installed:
+# without hf_prune installed (the tokenizer reads the config too):
 model = AutoModelForCausalLM.from_pretrained("<this directory or repo>", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("<this directory or repo>", trust_remote_code=True)
 ```
 
 ## Kept per layer
