@@ -145,8 +145,8 @@ class HyperfluxTrainer:
             self.model.eval()
         device = next(self.model.parameters()).device
         state = process_state()
-        progress = tqdm(total=total, initial=self.step, desc="hyperflux gates", unit="step",
-                        disable=not state.is_main_process)
+        quiet = {} if state.is_main_process else {"disable": True}  # otherwise tqdm's defaults (TQDM_DISABLE=1 works)
+        progress = tqdm(total=total, initial=self.step, desc="hyperflux gates", unit="step", **quiet)
         try:
             with torch.enable_grad(), self.gates.masks(self.model):
                 while self.step < total:
