@@ -139,7 +139,7 @@ class HyperfluxTrainer:
         was_training = self.model.training
         self.model.requires_grad_(False)
         if options.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             self.model.train()  # transformers checkpoints only in training mode; these models have no dropout
         else:
             self.model.eval()
@@ -170,7 +170,7 @@ class HyperfluxTrainer:
             for param, flag in zip(self.model.parameters(), flags):
                 param.requires_grad_(flag)
             if options.gradient_checkpointing:
-                self.model.gradient_checkpointing_disable()
+                self.model.activation_checkpointing_disable()
             self.model.train(was_training)
         logits = {name: value.cpu() for name, value in self.gates.logits_by_scope().items()}
         plan = project_to_budget(self.scopes, logits, self.params_per_group, self.kept_budget)
