@@ -3,7 +3,8 @@
 A source is one of
 - a local ``.txt`` / ``.jsonl`` / ``.json`` file (read with ``datasets``' text / json builders),
 - ``reference``: the train split of the corpus that ``scripts/prepare_corpus.py`` writes
-  (``$HF_PRUNE_CORPUS`` or ``data/corpus``) — never its test split,
+  (``$HF_PRUNE_CORPUS``, ``./data/corpus`` or ``data/corpus`` beside the source tree) — never its
+  test split,
 - any other string: a ``datasets`` dataset name, with ``config`` / ``split`` / ``column``.
 
 Documents are shuffled with the seed, tokenised one after another (an EOS token between them) until
@@ -15,7 +16,6 @@ run gets rows of the same shape.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .evaluate import default_corpus_dir
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +40,13 @@ class CalibrationSource:
     column: str = "text"
 
 
-def corpus_dir() -> Path:
-    return Path(os.environ.get("HF_PRUNE_CORPUS", "data/corpus"))
-
-
 def load_texts(source: CalibrationSource) -> list[str]:
     """All non-empty documents of the source, in their stored order."""
     from datasets import load_dataset
 
     name = source.name
     if name == REFERENCE:
-        path = corpus_dir() / "train.jsonl"
+        path = default_corpus_dir() / "train.jsonl"
         if not path.is_file():
             raise ConfigError(f"calibration 'reference' needs {path}; run `python scripts/prepare_corpus.py` "
                               "first (or set HF_PRUNE_CORPUS to the corpus directory)")
