@@ -271,6 +271,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Preset]:
     ap.add_argument("--save-steps", type=int, default=100)
     ap.add_argument("--val-blocks", type=int, default=256, help="validation windows for the final val ppl")
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --run-dir")
+    ap.add_argument("--export-from", type=Path, default=None,
+                    help="no training: re-save this finished checkpoint to --out in --save-dtype")
     for f in fields(Preset):  # every preset field can be overridden: --max-steps 5, --hidden-size 64 ...
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes")}.get(str(f.type), None)
         ap.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
@@ -283,6 +285,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Preset]:
     return args, preset
 
 
+def export_checkpoint(src: Path, out: Path, dtype: str) -> None:
+    """Re-save a finished run (e.g. the fp32 reference -> the fp16 copy in eval/reference).
+
+    Keeps the run's provenance and records the conversion, so the committed copy says exactly
+    which training command and corpus produced it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    save_final(model, AutoTokenizer.from_pretrained(src), out, dtype)
+    prov_file = src / "provenance.json"
+    prov = json.loads(prov_file.read_text()) if prov_file.exists() else {}
+    prov["exported"] = {"from": str(src), "dtype": dtype}
+    (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+    print(f"exported {src} -> {out} ({dtype})")
+
+
 def check_corpus(corpus: Path) -> tuple[Path, Path]:
     train, val = corpus / "train.jsonl", corpus / "validation.jsonl"
     for f in (train, val):
@@ -293,6 +312,9 @@ def check_corpus(corpus: Path) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args, p = parse_args(argv)
+    if args.export_from:
+        export_checkpoint(args.export_from, args.out, args.save_dtype)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     train_file, val_file = check_corpus(args.corpus)

@@ -79,6 +79,15 @@ def test_writes_a_standard_checkpoint_that_reloads_offline(trained):
         assert torch.isfinite(model.float()(ids).logits).all()
 
 
+def test_export_converts_a_finished_run(trained, tmp_path):
+    run, _ = trained
+    out = tmp_path / "exported"
+    assert tr.main(["--export-from", str(run / "final"), "--out", str(out), "--save-dtype", "float32"]) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["exported"]["dtype"] == "float32" and prov["tokens_seen"] == 4 * 4 * 32
+    assert _state(out)["model.norm.weight"].dtype == torch.float32
+
+
 def test_resume_continues_from_the_checkpoint(trained):
     run, first = trained
     prov = json.loads((run / "final" / "provenance.json").read_text())
