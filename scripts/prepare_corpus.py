@@ -278,7 +278,7 @@ def gcide_documents(index_path: Path, dict_path: Path, doc_bytes: int, max_bytes
         current.append(text)
         size += len(text.encode()) + 1
     if current:
-        docs.append(Document("gcide", f"gcide/end", "\n".join(current)))
+        docs.append(Document("gcide", "gcide/end", "\n".join(current)))
     total = sum(len(d.text.encode()) for d in docs)
     if max_bytes is not None and total > max_bytes:
         keep = max(1, round(len(docs) * max_bytes / total))
