@@ -55,15 +55,12 @@ def load_config(name_or_path: str) -> Any:
 
 
 def check_quantization_available(bits: int) -> None:
-    """A quantized base needs bitsandbytes and a CUDA GPU: say so before anything is loaded."""
+    """A quantized base needs bitsandbytes (its CPU backend works too): say so before anything is loaded."""
     import importlib.util
 
-    flag = f"--load-in-{bits}bit"
-    if not torch.cuda.is_available():
-        raise ModelLoadError(f"{flag} needs a CUDA GPU (bitsandbytes kernels), and none is visible; "
-                             "drop the flag to train gates on the full-precision base")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError(f"{flag} needs bitsandbytes: pip install 'hf-prune[bnb]'")
+        raise ModelLoadError(f"--load-in-{bits}bit needs bitsandbytes: pip install 'hf-prune[bnb]' "
+                             "(or drop the flag to train gates on the full-precision base)")
 
 
 def load_model(
@@ -82,7 +79,8 @@ def load_model(
         check_quantization_available(quantize_bits)
         extra["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=quantize_bits == 4, load_in_8bit=quantize_bits == 8,
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+            bnb_4bit_quant_type="nf4")
         device_map = device_map or "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -80,7 +80,7 @@ def build_prune_parser() -> argparse.ArgumentParser:
     quantized = parser.add_mutually_exclusive_group()
     quantized.add_argument("--load-in-4bit", action="store_true",
                            help="Hyperflux: hold the frozen base in 4-bit (bitsandbytes NF4) while gates train; the "
-                                "plan is then applied to the full-precision weights. Needs a CUDA GPU")
+                                "plan is then applied to the full-precision weights. Needs bitsandbytes (GPU, or its CPU backend)")
     quantized.add_argument("--load-in-8bit", action="store_true",
                            help="Hyperflux: like --load-in-4bit, with an 8-bit (LLM.int8) base")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")

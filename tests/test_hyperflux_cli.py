@@ -75,14 +75,34 @@ def test_hyperflux_needs_calibration_text(capsys, tmp_path):
     assert code == 2 and "target 'hyperflux' needs calibration text" in captured.err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
-def test_4bit_base_without_a_gpu_is_a_clear_error(capsys, tmp_path):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gates_train_on_a_quantized_base_and_cut_the_full_precision_weights(capsys, tmp_path, bits):
     model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
     calibration = write_calibration_file(tmp_path / "calib.jsonl")
-    code, captured = run(capsys, *hyperflux_args(model_dir, calibration), "--load-in-4bit", "--output", tmp_path / "o")
-    assert code == 2 and "--load-in-4bit needs a CUDA GPU" in captured.err
+    out = tmp_path / "out"
+    code, captured = run(capsys, *hyperflux_args(model_dir, calibration), f"--load-in-{bits}bit", "--output", out)
+    assert code == 0, captured.err
+    report = json.loads((out / "hf_prune_report.json").read_text())
+    assert 0 <= report["prunable_before"] - report["prunable_after"] - 0.35 * report["prunable_before"] < \
+        smallest_group(model_dir)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(reloaded.model.layers[0].mlp.down_proj) is torch.nn.Linear  # real weights, not quantized ones
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"]
+
+
+def test_quantized_base_errors(capsys, tmp_path, monkeypatch):
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
     code, captured = run(capsys, "--model", model_dir, "--load-in-8bit", "--output", tmp_path / "o")
     assert code == 2 and "applies to --target hyperflux only" in captured.err
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    calibration = write_calibration_file(tmp_path / "calib.jsonl")
+    code, captured = run(capsys, *hyperflux_args(model_dir, calibration), "--load-in-4bit", "--output", tmp_path / "o")
+    assert code == 2 and "--load-in-4bit needs bitsandbytes: pip install 'hf-prune[bnb]'" in captured.err
 
 
 def cli(*args) -> list[str]:
