@@ -19,7 +19,6 @@ import types
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
 
 from .config import COMPENSATION, GATE_INIT, LEARNED_TARGETS, UNITS, PruningConfig, load_recipe
 from .errors import HfPruneError

@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
 import hashlib
 import html

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import struct
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from ._scripts import load_script
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-pc = _load_script("prepare_corpus")
+pc = load_script("prepare_corpus")
 
 
 def write_sword_module(directory: Path, testament: str, books: list[list[str]], *, wide: bool) -> None:
