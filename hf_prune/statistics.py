@@ -12,8 +12,8 @@ Two kinds, each collected only when a criterion (or compensation) asks for it:
 Batches are split across the processes of an ``accelerate launch`` run and every sum is reduced with
 ``accelerate``'s ``reduce``, so N processes give the single-process numbers (float64, up to summation
 order). ``sequential=True`` runs the forward one decoder layer at a time, keeping only that layer's
-activations (and, when ``execution_device`` differs, only that layer on the device): the way a model
-too large for one GPU is still scored on one GPU.
+activations: with the weights offloaded by ``device_map`` (accelerate moves each layer to the GPU when
+it runs), this is the way a model too large for one GPU is still scored on one GPU.
 """
 
 from __future__ import annotations
@@ -124,7 +124,6 @@ def collect_channel_statistics(
     batch_size: int = 1,
     sequential: bool = False,
     layers: nn.ModuleList | None = None,
-    execution_device: torch.device | str | None = None,
     stats: CalibrationStatistics | None = None,
 ) -> CalibrationStatistics:
     """Channel statistics of every scope over this process's share of ``input_ids``."""
@@ -137,7 +136,7 @@ def collect_channel_statistics(
         if sequential:
             if layers is None:
                 raise ValueError("sequential calibration needs the decoder layers (from the adapter)")
-            _sequential_forward(model, layers, batches, execution_device)
+            _sequential_forward(model, layers, batches)
         else:
             device = _model_device(model)
             for batch in tqdm(batches, desc="calibration", unit="batch", leave=False):
@@ -154,9 +153,7 @@ class _StopForward(Exception):
     """Raised by the capture hook once the first decoder layer's inputs are recorded."""
 
 
-def _sequential_forward(
-    model: nn.Module, layers: nn.ModuleList, batches: Iterable[torch.Tensor], execution_device
-) -> None:
+def _sequential_forward(model: nn.Module, layers: nn.ModuleList, batches: Iterable[torch.Tensor]) -> None:
     """Run ``batches`` through the decoder layers one layer at a time.
 
     The inputs of the first layer (hidden states and the keyword arguments the model passes them:
@@ -181,31 +178,13 @@ def _sequential_forward(
     finally:
         handle.remove()
 
-    target = torch.device(execution_device) if execution_device is not None else None
     for layer in tqdm(layers, desc="calibration (layer by layer)", unit="layer", leave=False):
-        home = _model_device(layer)
-        if target is not None:
-            layer.to(target)
         next_inputs = []
         for args, kwargs in captured:
-            args = tuple(_to(a, target) for a in args)
-            kwargs = {k: _to(v, target) for k, v in kwargs.items()}
             output = layer(*args, **kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
             next_inputs.append(((hidden, *args[1:]), kwargs))
         captured = next_inputs
-        if target is not None:
-            layer.to(home)
-
-
-def _to(value, device):
-    if device is None:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
-    return value
 
 
 def collect_taylor_statistics(

@@ -15,6 +15,7 @@ JSON, atomically) every ``checkpoint_every`` steps, and the batch order is a fun
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -124,9 +125,13 @@ class HyperfluxTrainer:
         indices = []
         for position in range(start, start + size):
             epoch, offset = divmod(position, count)
-            order = torch.randperm(count, generator=torch.Generator().manual_seed(self.options.seed * 100_003 + epoch))
-            indices.append(int(order[offset]))
+            indices.append(int(self._epoch_order(epoch)[offset]))
         return self.rows[indices]
+
+    @functools.lru_cache(maxsize=2)
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.options.seed * 100_003 + epoch)
+        return torch.randperm(self.rows.shape[0], generator=generator)
 
     # -- loop ------------------------------------------------------------------------------
     def run(self, on_step_end: Callable[[int], None] | None = None) -> HyperfluxResult:
