@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--regrowth-steps", type=int, default=60)
     parser.add_argument("--tick-every", type=int, default=10)
     parser.add_argument("--gate-lr", type=float, default=0.01)
+    parser.add_argument("--pressure-exponent", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -91,7 +92,7 @@ def main() -> None:
     statistics = collect_statistics(bench.model, get_adapter(bench.model).scopes(bench.model),
                                     PruningConfig(importance="activation", **common), rows)
     hyperflux = {"target": "hyperflux", "steps": args.steps, "regrowth_steps": args.regrowth_steps,
-                 "tick_every": args.tick_every, "gate_lr": args.gate_lr}
+                 "tick_every": args.tick_every, "gate_lr": args.gate_lr, "pressure_exponent": args.pressure_exponent}
     methods = {**ONE_SHOT,
                "Hyperflux (uniform init)": hyperflux,
                "Hyperflux (init from activation scores)": {**hyperflux, "gate_init": "scores",
