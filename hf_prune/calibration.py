@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .evaluate import default_corpus_dir
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def load_texts(source: CalibrationSource) -> list[str]:
     except ConfigError:
         raise
     except Exception as error:  # datasets raises many types; the user needs the first line only
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"cannot read calibration data {source.name!r}: {first_line}") from error
+        raise ConfigError(f"cannot read calibration data {source.name!r}: {first_line(error)}") from error
     if column not in dataset.column_names:
         raise ConfigError(f"calibration data {source.name!r} has no column {column!r} "
                           f"(columns: {', '.join(dataset.column_names)}); pass --calibration-column")

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .adapters import PrunableScope, check_supported
-from .errors import ModelLoadError, OutputDirError
+from .errors import ModelLoadError, OutputDirError, first_line
 from .modeling import SHAPES_FIELD, pruned_classes_for
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ def load_config(name_or_path: str) -> Any:
     try:
         config = AutoConfig.from_pretrained(str(local) if looks_local else name_or_path)
     except (OSError, ValueError, json.JSONDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"cannot read a model config from {name_or_path!r}: {first_line}") from error
+        raise ModelLoadError(f"cannot read a model config from {name_or_path!r}: {first_line(error)}") from error
     check_supported(config.model_type)
     return config
 
@@ -87,8 +86,7 @@ def load_model(
             name_or_path, dtype=resolve_dtype(dtype), device_map=device_map, use_safetensors=True, **extra
         )
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ModelLoadError(f"cannot load model weights from {name_or_path!r}: {first_line} "
+        raise ModelLoadError(f"cannot load model weights from {name_or_path!r}: {first_line(error)} "
                              "(hf-prune reads safetensors only, never pickle)") from error
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)

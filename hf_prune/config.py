@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(recipe.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {str(error).splitlines()[0]}") from error
+        raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {first_line(error)}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {str(recipe)!r} must be a mapping of option names to values")
     return {key.replace("-", "_"): value for key, value in values.items()}

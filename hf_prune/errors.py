@@ -2,6 +2,12 @@
 else that escapes is a bug and keeps its traceback."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class HfPruneError(Exception):
     """An error caused by the user's input, whose message names the problem and the fix."""
 

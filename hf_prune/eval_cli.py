@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from hf_prune.errors import first_line
 from hf_prune.evaluate import DEFAULT_MODEL_DIR, DEFAULT_TASKS, MissingCorpusError, evaluate, resolve_split_file
 
 
@@ -66,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         test_file = resolve_split_file(args.test_file)
         model, tokenizer = _load(args.model, args.dtype)
     except (MissingCorpusError, ValueError, OSError) as exc:
-        return _fail(str(exc).splitlines()[0])
+        return _fail(first_line(exc))
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     t0 = time.time()
     try:
         metrics = evaluate(model, tokenizer, test_file=test_file, tasks=tasks, limit=args.limit,
                            batch_size=args.batch_size, mc_items=args.mc_items)
     except ValueError as exc:
-        return _fail(str(exc).splitlines()[0])
+        return _fail(first_line(exc))
     seconds = time.time() - t0
     print(f"model: {args.model}\ntest file: {test_file}")
     for key, value in metrics.items():

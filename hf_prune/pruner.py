@@ -276,9 +276,8 @@ def _learn_plan(
 
     if input_ids is None:
         raise ConfigError(f"target {config.target!r} needs calibration token ids")
+    request.check_one_group_per_scope_fits()
     budget = request.kept_budget
-    if budget < sum(request.params_per_group[s.name] for s in request.scopes):
-        raise BudgetError(f"sparsity {config.sparsity:g} would leave less than one group per layer; lower --sparsity")
     options = HyperfluxOptions(
         steps=config.steps, regrowth_steps=config.regrowth_steps, tick_every=config.tick_every,
         gate_lr=config.gate_lr, pressure_step=config.pressure_step, pressure_exponent=config.pressure_exponent,

@@ -234,12 +234,7 @@ def _accumulate_taylor(model: nn.Module, scopes: Sequence[PrunableScope], stats:
         for piece in scope.slices:
             weight = model.get_submodule(piece.path).weight
             product = (weight.detach().to(torch.float64) * weight.grad.to(torch.float64)).sum(dim=1 - piece.dim)
-            total += product.reshape(scope.num_groups, piece.block).sum(dim=1).cpu()
-
-
-def group_sum(per_channel: torch.Tensor, scope: PrunableScope) -> torch.Tensor:
-    """Sum a per-consumer-channel quantity over the channels of each group."""
-    return per_channel.reshape(scope.num_groups, scope.consumer.block).sum(dim=1)
+            total += scope.sum_per_group(product, piece).cpu()
 
 
 __all__ = [
@@ -247,6 +242,5 @@ __all__ = [
     "ChannelStatistics",
     "collect_channel_statistics",
     "collect_taylor_statistics",
-    "group_sum",
     "shard_for_this_process",
 ]

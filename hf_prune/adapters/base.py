@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 
 ScopeKind = Literal["attention", "mlp"]
@@ -52,6 +53,10 @@ class PrunableScope:
     @property
     def slices(self) -> tuple[LinearSlice, ...]:
         return (*self.producers, self.consumer)
+
+    def sum_per_group(self, per_index: torch.Tensor, piece: LinearSlice) -> torch.Tensor:
+        """Sum a value per row (ROWS) or column (COLUMNS) of ``piece`` over the block each group owns."""
+        return per_index.reshape(self.num_groups, piece.block).sum(dim=1)
 
     def params_per_group(self, model: nn.Module) -> int:
         """Weights (and bias entries) that removing one group deletes."""

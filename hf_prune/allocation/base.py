@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..adapters import PrunableScope
+from ..errors import BudgetError
 
 
 @dataclass
@@ -23,10 +24,23 @@ class AllocationRequest:
     mlp_multiple: int = 1
 
     @property
+    def selected_params(self) -> int:
+        """Parameters of the scopes that may be pruned."""
+        return sum(s.num_groups * self.params_per_group[s.name] for s in self.scopes)
+
+    @property
     def kept_budget(self) -> float:
         """Parameters the pruned scopes may keep so that the removal hits the sparsity."""
-        unselected = self.total_prunable - sum(s.num_groups * self.params_per_group[s.name] for s in self.scopes)
+        unselected = self.total_prunable - self.selected_params
         return (1.0 - self.sparsity) * self.total_prunable - unselected
+
+    def check_one_group_per_scope_fits(self) -> None:
+        """Every scope keeps at least one group: refuse a budget smaller than that."""
+        if self.kept_budget < sum(self.params_per_group[s.name] for s in self.scopes):
+            raise BudgetError(
+                f"sparsity {self.sparsity:g} would leave less than one group per layer; lower --sparsity "
+                "or prune more kinds of units (--units all)"
+            )
 
 
 @dataclass

@@ -107,13 +107,8 @@ def allocate_emp(request: AllocationRequest) -> Allocation:
             s.name: min(s.num_groups, max(1, math.floor(request.beta * n_eff[s.name]))) for s in request.scopes
         }
         return Allocation(kept, {"beta": request.beta, "beta_solved": False})
+    request.check_one_group_per_scope_fits()
     budget = request.kept_budget
-    minimum = sum(request.params_per_group[s.name] for s in request.scopes)
-    if budget < minimum:
-        raise BudgetError(
-            f"sparsity {request.sparsity:g} would leave less than one group per layer; lower --sparsity "
-            "or prune more kinds of units (--units all)"
-        )
     beta = solve_beta(request, n_eff, budget)
     kept = round_to_budget(request, _continuous_kept(request, n_eff, beta), budget)
     return Allocation(kept, {"beta": beta, "beta_solved": True})

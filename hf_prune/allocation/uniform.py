@@ -19,7 +19,7 @@ def allocate_uniform(request: AllocationRequest) -> Allocation:
     scopes = request.scopes
     if request.sparsity is None:
         raise ConfigError("target 'uniform' needs a sparsity")
-    selected = sum(scope.num_groups * request.params_per_group[scope.name] for scope in scopes)
+    selected = request.selected_params
     if not scopes or selected == 0:
         raise BudgetError("nothing to prune: no scope was selected (check --units)")
     fraction = request.sparsity * request.total_prunable / selected

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..adapters import PrunableScope
-from ..statistics import CalibrationStatistics, group_sum
+from ..statistics import CalibrationStatistics
 from .base import CHANNELS, Importance, consumer_column_norms, register_importance
 
 
@@ -21,4 +21,4 @@ class ActivationImportance(Importance):
 
     def scores(self, model: nn.Module, scope: PrunableScope, stats: CalibrationStatistics | None) -> torch.Tensor:
         channel = stats.channels[scope.name]
-        return group_sum(channel.norm * consumer_column_norms(model, scope), scope)
+        return scope.sum_per_group(channel.norm * consumer_column_norms(model, scope), scope.consumer)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..adapters import PrunableScope
-from ..statistics import CalibrationStatistics, group_sum
+from ..statistics import CalibrationStatistics
 from .base import CHANNELS, Importance, consumer_column_norms, register_importance
 
 
@@ -20,4 +20,4 @@ class FluctuationImportance(Importance):
 
     def scores(self, model: nn.Module, scope: PrunableScope, stats: CalibrationStatistics | None) -> torch.Tensor:
         channel = stats.channels[scope.name]
-        return group_sum(channel.variance * consumer_column_norms(model, scope, power=2), scope)
+        return scope.sum_per_group(channel.variance * consumer_column_norms(model, scope, power=2), scope.consumer)

@@ -20,5 +20,5 @@ class MagnitudeImportance(Importance):
         for piece in scope.slices:
             weight = model.get_submodule(piece.path).weight.detach()
             per_index = weight.to(torch.float64).pow(2).sum(dim=1 - piece.dim)  # one value per row (ROWS) or column
-            squared += per_index.reshape(scope.num_groups, piece.block).sum(dim=1).cpu()
+            squared += scope.sum_per_group(per_index, piece).cpu()
         return squared.sqrt()
