@@ -23,6 +23,14 @@ BLOCK_HF_PRUNE = textwrap.dedent(
 )
 
 
+#: ``hf-prune`` as two CPU processes joined over gloo (``--multi_gpu`` is accelerate's flag for any
+#: multi-process launch on one machine)
+HF_PRUNE_ON_TWO_PROCESSES = [
+    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_prune",
+]
+
+
 def run_python(code: str, *, block_hf_prune: bool = False, timeout: int = 240) -> subprocess.CompletedProcess:
     source = (BLOCK_HF_PRUNE if block_hf_prune else "") + textwrap.dedent(code)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -16,6 +16,8 @@ from hf_prune.adapters import get_adapter
 from hf_prune.cli import main
 from hf_prune.testing import save_tiny_checkpoint, write_calibration_file
 
+from ._subprocess import HF_PRUNE_ON_TWO_PROCESSES
+
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
@@ -145,9 +147,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 def test_data_parallel_over_two_processes(tmp_path):
     model_dir = save_tiny_checkpoint("qwen2", tmp_path / "model")
     calibration = write_calibration_file(tmp_path / "calib.jsonl")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_prune"]
-    result = subprocess.run([*launch, *hyperflux_args(model_dir, calibration), "--output", str(tmp_path / "out")],
+    result = subprocess.run([*HF_PRUNE_ON_TWO_PROCESSES, *hyperflux_args(model_dir, calibration), "--output", str(tmp_path / "out")],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "hf_prune_report.json").read_text())

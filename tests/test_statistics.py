@@ -11,6 +11,7 @@ from hf_prune.adapters import get_adapter
 from hf_prune.statistics import ChannelStatistics, collect_channel_statistics
 from hf_prune.testing import save_tiny_checkpoint, write_calibration_file
 
+from ._subprocess import HF_PRUNE_ON_TWO_PROCESSES
 from .conftest import COMMON, make_model
 
 
@@ -47,12 +48,10 @@ def test_two_processes_equal_one(tmp_path, importance):
     common = ["--model", model_dir, "--target", "emp", "--importance", importance, "--sparsity", "0.3",
               "--calibration", calibration, "--calibration-samples", "8", "--seq-len", "32",
               "--compensate", "bias"]
-    env_cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_prune"]
     single = subprocess.run([sys.executable, "-m", "hf_prune", *common, "--output", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
-    double = subprocess.run([*env_cmd, *common, "--output", str(tmp_path / "two")],
+    double = subprocess.run([*HF_PRUNE_ON_TWO_PROCESSES, *common, "--output", str(tmp_path / "two")],
                             capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     assert "calibration: 256 tokens over 1 process(es)" in single.stdout
