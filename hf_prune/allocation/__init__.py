@@ -1,17 +1,30 @@
-"""Allocators: scores + budget -> how many groups each scope keeps. Registered by target name."""
+"""Allocators: scores + budget -> how many groups each scope keeps. Registered by target name.
+
+The modules are imported on first use (see :mod:`hf_prune.registry`), so naming the targets costs
+no torch import.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from importlib import import_module
+from typing import Any
 
-from .base import Allocation, AllocationRequest
-from .emp import allocate_emp, effective_count
-from .uniform import allocate_uniform
+from ..registry import Registry
 
-#: target name -> allocator
-ALLOCATORS: dict[str, Callable[[AllocationRequest], Allocation]] = {
-    "uniform": allocate_uniform,
-    "emp": allocate_emp,
-}
+#: target name -> allocator ``(AllocationRequest) -> Allocation``
+ALLOCATORS: Registry = Registry("target", __name__, {
+    "uniform": ".uniform:allocate_uniform",
+    "emp": ".emp:allocate_emp",
+})
 
-__all__ = ["ALLOCATORS", "Allocation", "AllocationRequest", "allocate_emp", "allocate_uniform", "effective_count"]
+_EXPORTS = {"Allocation": ".base", "AllocationRequest": ".base", "allocate_emp": ".emp",
+            "effective_count": ".emp", "allocate_uniform": ".uniform"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ALLOCATORS", *_EXPORTS]

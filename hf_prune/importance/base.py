@@ -14,8 +14,7 @@ from torch import nn
 
 from ..adapters import PrunableScope
 from ..statistics import CalibrationStatistics
-
-IMPORTANCE_REGISTRY: dict[str, type["Importance"]] = {}
+from . import IMPORTANCE_REGISTRY
 
 CHANNELS, GRADIENTS = "channels", "gradients"
 
@@ -24,13 +23,10 @@ def register_importance(name: str):
     """Class decorator: make a criterion available under ``name``; duplicates are refused."""
 
     def decorator(cls: type[Importance]) -> type[Importance]:
-        if name in IMPORTANCE_REGISTRY:
-            raise ValueError(f"importance {name!r} is already registered by {IMPORTANCE_REGISTRY[name].__name__}")
         if not issubclass(cls, Importance):
             raise TypeError(f"{cls.__name__} must subclass Importance")
         cls.name = name
-        IMPORTANCE_REGISTRY[name] = cls
-        return cls
+        return IMPORTANCE_REGISTRY.register(name, cls)
 
     return decorator
 
@@ -65,7 +61,4 @@ def consumer_column_norms(model: nn.Module, scope: PrunableScope, power: int = 1
 
 
 def get_importance(name: str) -> Importance:
-    try:
-        return IMPORTANCE_REGISTRY[name]()
-    except KeyError:
-        raise KeyError(f"unknown importance {name!r}; available: {', '.join(sorted(IMPORTANCE_REGISTRY))}") from None
+    return IMPORTANCE_REGISTRY[name]()
