@@ -1,6 +1,8 @@
 """Calibration text -> fixed-length token sequences.
 
 A source is one of
+- ``builtin``: the small sample of the corpus's train split that ships inside the package
+  (:mod:`hf_prune.data`),
 - a local ``.txt`` / ``.jsonl`` / ``.json`` file (read with ``datasets``' text / json builders),
 - ``reference``: the train split of the corpus that ``scripts/prepare_corpus.py`` writes
   (``$HF_PRUNE_CORPUS``, ``./data/corpus`` or ``data/corpus`` beside the source tree) — never its
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .data import BUILTIN, CALIBRATION_FILE
 from .errors import ConfigError, first_line
 from .evaluate import default_corpus_dir
 
@@ -51,12 +54,16 @@ def load_texts(source: CalibrationSource) -> list[str]:
             raise ConfigError(f"calibration 'reference' needs {path}; run `python scripts/prepare_corpus.py` "
                               "first (or set HF_PRUNE_CORPUS to the corpus directory)")
         name = str(path)
+    elif name == BUILTIN:
+        name = str(CALIBRATION_FILE)
     local = Path(name).expanduser()
     try:
         if local.suffix in LOCAL_BUILDERS or local.exists():
             if not local.is_file():
                 raise ConfigError(f"calibration file {name!r} does not exist; pass an existing .txt/.jsonl "
-                                  "file, 'reference' or a datasets name")
+                                  f"file, a datasets name, '{BUILTIN}' or '{REFERENCE}'")
+            if local.stat().st_size == 0:
+                raise ConfigError(f"calibration file {name!r} is empty; pass a file with text in it")
             builder = LOCAL_BUILDERS.get(local.suffix)
             if builder is None:
                 raise ConfigError(f"calibration file {name!r} must end in .txt, .jsonl or .json")

@@ -341,6 +341,40 @@ def all_documents(roots: dict[str, Path], doc_bytes: int, gcide_max_bytes: int |
         yield from gcide_documents(index, dz, doc_bytes, gcide_max_bytes)
 
 
+def sample_documents(split_file: Path, max_bytes: int, sources: list[str]) -> list[dict]:
+    """A deterministic sample of whole documents of one split, every source in equal share.
+
+    Documents are taken in the order of a hash of their id (independent of file order and machine),
+    each source adding documents until it has its share of ``max_bytes``; the sample is written in
+    that order. Used for the small calibration and held-out files that ship inside the package.
+    """
+    rows = [json.loads(line) for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows.sort(key=lambda row: hashlib.sha256(f"package-sample:{row['id']}".encode()).hexdigest())
+    share = max_bytes // len(sources)
+    taken: dict[str, int] = dict.fromkeys(sources, 0)
+    sample = []
+    for row in rows:
+        size = len(row["text"].encode())
+        if row["source"] in taken and taken[row["source"]] + size <= share:
+            taken[row["source"]] += size
+            sample.append(row)
+    return sample
+
+
+def write_package_sample(corpus: Path, out: Path, calibration_bytes: int, heldout_bytes: int) -> dict[str, dict]:
+    """``calibration.jsonl`` (from train) and ``heldout.jsonl`` (from test) for ``hf_prune/data``."""
+    out.mkdir(parents=True, exist_ok=True)
+    sources = sorted({json.loads(line)["source"] for line in (corpus / "test.jsonl").open(encoding="utf-8")})
+    summary = {}
+    for name, split, budget in (("calibration", "train", calibration_bytes), ("heldout", "test", heldout_bytes)):
+        rows = sample_documents(corpus / f"{split}.jsonl", budget, sources)
+        path = out / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        summary[name] = {"split": split, "documents": len(rows), "text_bytes": sum(len(r["text"].encode()) for r in rows),
+                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return summary
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("data/corpus"), help="output dir for the JSONL splits")
@@ -350,6 +384,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--doc-bytes", type=int, default=4096, help="target size of one document (passage)")
     p.add_argument("--val-frac", type=float, default=0.05)
     p.add_argument("--test-frac", type=float, default=0.05)
+    p.add_argument("--package-sample", type=Path, default=None, metavar="DIR",
+                   help="also write the small calibration (train) and held-out (test) samples that ship inside "
+                        "the package, e.g. hf_prune/data")
+    p.add_argument("--sample-kb", type=int, nargs=2, default=(240, 200), metavar=("CALIBRATION", "HELDOUT"),
+                   help="text size of the two package samples, in KB")
     return p.parse_args(argv)
 
 
@@ -377,6 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     for src in sorted({k[:-6] for s in SPLITS for k in stats[s] if k.endswith("_bytes")}):
         print(f"{src:>10}: " + "  ".join(f"{s}={stats[s].get(src + '_bytes', 0):,d}" for s in SPLITS))
     print(f"corpus sha256: {digest}")
+    if args.package_sample is not None:
+        summary = write_package_sample(args.out, args.package_sample, *(kb * 1000 for kb in args.sample_kb))
+        (args.package_sample / "provenance.json").write_text(json.dumps(
+            {"corpus_sha256": digest, "command": "python scripts/prepare_corpus.py --package-sample "
+             f"{args.package_sample}", "samples": summary}, indent=2) + "\n")
+        for name, row in summary.items():
+            print(f"package sample {name}: {row['documents']} documents, {row['text_bytes']:,d} text bytes "
+                  f"from the {row['split']} split")
     return 0
 
 
