@@ -59,14 +59,21 @@ def default_corpus_dir() -> Path:
 
 
 def resolve_split_file(path: str | Path | None = None, split: str = "test") -> Path:
-    """The JSONL file of ``split`` (a file, a corpus dir, or the default corpus); raise if missing."""
+    """The JSONL file of ``split`` (a file, a corpus dir, ``builtin``, or the default corpus); raise if missing.
+
+    ``builtin`` is the held-out sample shipped in :mod:`hf_prune.data` (a sample of the test split).
+    """
+    from .data import BUILTIN, HELDOUT_FILE
+
+    if str(path) == BUILTIN:
+        return HELDOUT_FILE
     p = Path(path) if path is not None else default_corpus_dir()
     if p.is_dir() or path is None:
         p = p / f"{split}.jsonl"
     if not p.is_file():
         raise MissingCorpusError(
-            f"held-out text {p} not found: run `python scripts/prepare_corpus.py` "
-            "(or set HF_PRUNE_CORPUS / pass a test file)"
+            f"held-out text {p} not found: run `python scripts/prepare_corpus.py` (or set HF_PRUNE_CORPUS), "
+            f"pass a .jsonl/.txt file, or use '{BUILTIN}' for the small held-out sample shipped with hf-prune"
         )
     return p
 
@@ -218,7 +225,7 @@ def evaluate(
     ``next_sentence_acc_norm``, ``next_sentence_items`` (multiple-choice task).
     ``limit`` caps the documents/items per task (lm-eval semantics: int = count, float = fraction).
     """
-    import lm_eval
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
     from lm_eval.tasks import TaskManager
 
     path = resolve_split_file(test_file)
@@ -231,11 +238,12 @@ def evaluate(
         was_training = model.training
         model.eval()
         try:
-            # The tasks are deterministic (0-shot, fixed items), so lm-eval gets no seeds: seeding
-            # would reset the caller's global RNGs, e.g. in the middle of a seeded pruning run.
-            out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                                          bootstrap_iters=0, log_samples=True, verbosity="ERROR",
-                                          random_seed=None, numpy_random_seed=None, torch_random_seed=None)
+            # lm-eval's evaluate() on an in-memory model and our task dict: simple_evaluate would add
+            # only model construction, seeding (which would reset the caller's global RNGs in the middle
+            # of a seeded pruning run) and run metadata, whose `git describe` prints "fatal: not a git
+            # repository" on the user's terminal outside a checkout. The tasks are 0-shot and fixed.
+            out = lm_eval_evaluate(lm=lm, task_dict=manager.load(tasks), limit=limit, bootstrap_iters=0,
+                                   log_samples=True, verbosity="ERROR")
         finally:
             model.train(was_training)
     return _collect_metrics(out, lm)
@@ -319,7 +327,7 @@ def fixed_token_set(
     docs = load_documents(resolve_split_file(test_file))
     eos = tokenizer.eos_token_id
     stream: list[int] = []
-    for row in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+    for row in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]:
         stream.extend(row)
         stream.append(eos)
     n = len(stream) // seq_len
