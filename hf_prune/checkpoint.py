@@ -53,6 +53,39 @@ def load_config(name_or_path: str) -> Any:
     return config
 
 
+def check_weight_files(name_or_path: str) -> None:
+    """Open every safetensors file of a local checkpoint before loading: a truncated or corrupt file is
+    named in one line instead of failing deep inside the loader."""
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(name_or_path).expanduser()
+    if not directory.is_dir():
+        return  # a Hub id: huggingface_hub verifies what it downloads
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ModelLoadError(f"weight file {str(path)!r} is corrupt or truncated ({first_line(error)}); "
+                                 "copy or download it again") from error
+
+
+def load_pretrained_model(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` with safetensors only, and one-line errors for bad input.
+
+    Shared by pruning and ``hf-prune eval``, so both report a missing, unreadable or corrupt
+    checkpoint the same way.
+    """
+    from safetensors import SafetensorError
+
+    check_weight_files(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ModelLoadError(f"cannot load model weights from {name_or_path!r}: {first_line(error)} "
+                             "(hf-prune reads safetensors only, never pickle)") from error
+
+
 def check_quantization_available(bits: int) -> None:
     """A quantized base needs bitsandbytes (its CPU backend works too): say so before anything is loaded."""
     import importlib.util
@@ -81,13 +114,7 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
             bnb_4bit_quant_type="nf4")
         device_map = device_map or "auto"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=resolve_dtype(dtype), device_map=device_map, use_safetensors=True, **extra
-        )
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load model weights from {name_or_path!r}: {first_line(error)} "
-                             "(hf-prune reads safetensors only, never pickle)") from error
+    model = load_pretrained_model(name_or_path, dtype=resolve_dtype(dtype), device_map=device_map, **extra)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, TypeError):
@@ -143,10 +170,12 @@ def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
         raise OutputDirError(f"output directory {str(output)!r} exists and is not empty; "
                              "pass --overwrite (overwrite=True) or choose another --output")
     parent = output.parent
-    if not parent.is_dir():
+    try:  # the write at the end goes through a staging directory beside the target: try one now
         parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise OutputDirError(f"cannot write into {str(parent)!r}; choose another --output")
+        Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".probe", dir=parent)).rmdir()
+    except OSError as error:
+        raise OutputDirError(f"cannot write into {str(parent)!r} ({error.strerror or first_line(error)}); "
+                             "choose another --output") from error
     return output
 
 

@@ -34,12 +34,17 @@ class AllocationRequest:
         unselected = self.total_prunable - self.selected_params
         return (1.0 - self.sparsity) * self.total_prunable - unselected
 
+    def remedy(self) -> str:
+        """What a user can change when the budget does not fit: only the options they have left."""
+        if self.selected_params < self.total_prunable:
+            return "lower --sparsity or prune more kinds of units (--units all)"
+        return "lower --sparsity"
+
     def check_one_group_per_scope_fits(self) -> None:
         """Every scope keeps at least one group: refuse a budget smaller than that."""
         if self.kept_budget < sum(self.params_per_group[s.name] for s in self.scopes):
             raise BudgetError(
-                f"sparsity {self.sparsity:g} would leave less than one group per layer; lower --sparsity "
-                "or prune more kinds of units (--units all)"
+                f"sparsity {self.sparsity:g} would leave less than one group per layer; {self.remedy()}"
             )
 
 

@@ -27,7 +27,7 @@ def allocate_uniform(request: AllocationRequest) -> Allocation:
         kinds = ", ".join(sorted({scope.kind for scope in scopes}))
         raise BudgetError(
             f"sparsity {request.sparsity:g} needs {fraction:.0%} of the {kinds} groups to be removed; "
-            f"lower --sparsity or prune more kinds of units (--units all)"
+            f"{request.remedy()}"
         )
     kept: dict[str, int] = {}
     for scope in scopes:
