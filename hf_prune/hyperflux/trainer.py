@@ -15,14 +15,18 @@ JSON, atomically) every ``checkpoint_every`` steps, and the batch order is a fun
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,32 @@ logger = logging.getLogger(__name__)
 STATE_TENSORS, STATE_JSON = "hyperflux_state.safetensors", "hyperflux_state.json"
 
 
+def saved_state_step(state_dir: str | os.PathLike | None) -> int | None:
+    """The step of the complete state saved in ``state_dir``, or None if there is none."""
+    if not state_dir or not (Path(state_dir) / STATE_JSON).is_file():
+        return None
+    try:
+        return int(json.loads((Path(state_dir) / STATE_JSON).read_text())["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_saved_state(state_dir: str | os.PathLike | None, *, resume: bool, restart: bool) -> None:
+    """An interrupted run's state is never thrown away silently: a new run must say what to do with it.
+
+    ``restart`` discards it; ``resume`` continues from it (and needs one); otherwise a saved state is
+    an error naming both flags.
+    """
+    step = saved_state_step(state_dir)
+    if restart and state_dir:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    elif resume and step is None:
+        raise ConfigError(f"--resume: no Hyperflux state in {str(state_dir)!r}; run once without --resume first")
+    elif not resume and step is not None:
+        raise ConfigError(f"an interrupted Hyperflux run saved its state at step {step} in {str(state_dir)!r}; "
+                          "pass --resume to continue it, or --restart to discard it and start from step 0")
+
+
 @dataclass
 class HyperfluxOptions:
     steps: int = 200
@@ -62,6 +92,7 @@ class HyperfluxOptions:
     seed: int = 0
     state_dir: str | None = None
     resume: bool = False
+    restart: bool = False
 
 
 @dataclass
@@ -109,6 +140,9 @@ class HyperfluxTrainer:
         self.trajectory: list[dict[str, Any]] = []
         self.step = 0
         self.fingerprint = self._fingerprint(input_ids)
+        self._stop_requested = False
+        if options.state_dir:
+            check_saved_state(options.state_dir, resume=options.resume, restart=options.restart)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         """Adam with a short second-moment memory (β₂ = 0.99): the pressure changes every tick, and
@@ -153,7 +187,7 @@ class HyperfluxTrainer:
         quiet = {} if state.is_main_process else {"disable": True}  # otherwise tqdm's defaults (TQDM_DISABLE=1 works)
         progress = tqdm(total=total, initial=self.step, desc="hyperflux gates", unit="step", **quiet)
         try:
-            with torch.enable_grad(), self.gates.masks(self.model):
+            with torch.enable_grad(), self.gates.masks(self.model), self._stop_at_step_boundary():
                 while self.step < total:
                     if self.step == options.steps and options.regrowth_steps:
                         # regrowth starts from fresh moments: only the flux of the LM loss moves gates now
@@ -170,6 +204,9 @@ class HyperfluxTrainer:
                                              refresh=False)
                     if on_step_end is not None:
                         on_step_end(self.step)
+                    if self._stop_everywhere() and self.step < total:
+                        self._save_state()
+                        raise KeyboardInterrupt(f"stopped after step {self.step}; state saved in {options.state_dir}")
         finally:
             progress.close()
             for param, flag in zip(self.model.parameters(), flags):
@@ -183,6 +220,37 @@ class HyperfluxTrainer:
             shutil.rmtree(options.state_dir, ignore_errors=True)  # finished: nothing left to resume
         return HyperfluxResult(plan, self.trajectory, logits, self.gates.density(), time.perf_counter() - started,
                                state.num_processes)
+
+    @contextlib.contextmanager
+    def _stop_at_step_boundary(self) -> Iterator[None]:
+        """Ctrl-C finishes the current step, saves the state and stops (a second Ctrl-C stops at once).
+
+        A state saved mid-step would hold gates of one step and a counter of the other; finishing
+        the step costs at most one forward/backward and loses nothing.
+        """
+        if not self.options.state_dir or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print("\nhf-prune: stopping after this step to save the Hyperflux state (Ctrl-C again to stop now)",
+                  file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_everywhere(self) -> bool:
+        """Whether any process was asked to stop: all stop at the same step, so their states agree."""
+        if process_state().num_processes == 1:
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=next(self.gates.parameters()).device)
+        return bool(reduce(flag, reduction="sum").item() > 0)
 
     def _learning_rate(self) -> float:
         """Constant while pressure acts; linear decay to zero over the regrowth phase."""
@@ -278,7 +346,7 @@ class HyperfluxTrainer:
         meta = json.loads((directory / STATE_JSON).read_text())
         if meta["fingerprint"] != self.fingerprint:
             raise ConfigError(f"--resume: the state in {str(directory)!r} belongs to a run with other options or "
-                              "calibration data; resume with the same command, or remove that directory")
+                              "calibration data; resume with the same command, or pass --restart to discard it")
         tensors = load_file(str(directory / STATE_TENSORS))
         device = next(self.gates.parameters()).device
         with torch.no_grad():
