@@ -1,18 +1,23 @@
 """The ``hf-prune`` command: parse, build a PruningConfig, call the library. No logic of its own.
 
 ``hf-prune [prune] [options]`` prunes a model; ``hf-prune eval [options]`` scores one on held-out text.
-Errors caused by the input print one line (``hf-prune: error: ...``) and exit with status 2.
+Errors caused by the input print one line (``hf-prune: error: ...``) and exit with status 2; Ctrl-C
+ends with one line saying what was kept (exit status 130).
 
 Every PruningConfig field is a flag (``calibration_samples`` -> ``--calibration-samples``) whose help is
 the field's own; precedence is field default < ``--recipe`` file < flags given on the command line.
 Under ``accelerate launch`` every process computes statistics on its share of the calibration rows,
 the sums are reduced, and the main process alone writes the checkpoint.
+
+This module imports nothing heavy at the top: ``--help``, ``--version`` and a mistyped flag answer
+before torch is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 import types
@@ -20,20 +25,42 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from . import __version__
+from .allocation import ALLOCATORS
 from .config import COMPENSATION, GATE_INIT, LEARNED_TARGETS, UNITS, PruningConfig, load_recipe
+from .data import BUILTIN
 from .errors import HfPruneError
+from .importance import IMPORTANCE_REGISTRY
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_NAME = "hf-prune embedded default (tiny trained Llama)"
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 logger = logging.getLogger("hf_prune")
+
+USAGE_EPILOG = """\
+verbs:
+  hf-prune [prune] [options]   prune a model (the default verb; `prune` may be omitted)
+  hf-prune eval [options]      score a model on held-out text through lm-eval (`hf-prune eval --help`)
+
+examples:
+  hf-prune --sparsity 0.3 --output pruned/                 # the embedded default, shipped calibration text
+  hf-prune --model meta-llama/Llama-3.1-8B --calibration Salesforce/wikitext --calibration-config \\
+      wikitext-2-raw-v1 --sparsity 0.2 --output pruned/
+  hf-prune --recipe recipes/llama.yaml --model DIR --output pruned/
+
+exit status: 0 done, 2 bad input (one line names the problem and the fix), 130 interrupted (Ctrl-C).
+"""
 
 
 def _choices() -> dict[str, list[str]]:
-    from .allocation import ALLOCATORS
-    from .importance import IMPORTANCE_REGISTRY
+    return {"target": sorted([*ALLOCATORS, *LEARNED_TARGETS]), "importance": sorted(IMPORTANCE_REGISTRY),
+            "units": list(UNITS), "compensate": list(COMPENSATION), "gate_init": list(GATE_INIT)}
 
-    return {"target": sorted([*ALLOCATORS, *LEARNED_TARGETS]), "importance": sorted(IMPORTANCE_REGISTRY), "units": list(UNITS),
-            "compensate": list(COMPENSATION), "gate_init": list(GATE_INIT)}
+
+def _help_text(metadata: typing.Mapping[str, str], default: object) -> str:
+    """The field's help plus what happens by default; argparse %-formats help, so '%' is escaped."""
+    shown = metadata.get("default_help", default)
+    return f"{metadata['help']} (default: {shown})".replace("%", "%%")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +69,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(PruningConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = _help_text(f.metadata, default)
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
@@ -56,10 +83,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def build_prune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-prune",
+        usage="hf-prune [prune] [options]  |  hf-prune eval [options]",
         description="Structurally prune a Llama / Mistral / Qwen2 / Qwen3 causal LM: remove whole KV groups "
                     "and MLP neurons, then write a checkpoint that reloads with "
-                    "AutoModelForCausalLM.from_pretrained. `hf-prune eval --help` scores a model instead.",
+                    "AutoModelForCausalLM.from_pretrained.",
+        epilog=USAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"hf-prune {__version__}")
     parser.add_argument("--model", default=None,
                         help="Hub model id or local checkpoint directory (safetensors). Default: the tiny "
                              "trained Llama shipped inside hf-prune, which needs no download.")
@@ -87,7 +118,11 @@ def build_prune_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> PruningConfig:
-    """Field defaults < recipe < explicit flags; an explicit --beta drops a recipe's sparsity and vice versa."""
+    """Field defaults < recipe < explicit flags; an explicit --beta drops a recipe's sparsity and vice versa.
+
+    The embedded default model calibrates on the text shipped with it unless told otherwise, so every
+    target works right after install; any other model must be given text of its own domain.
+    """
     names = {f.name for f in fields(PruningConfig)}
     explicit = {name: value for name, value in vars(args).items() if name in names}
     values = load_recipe(args.recipe) if args.recipe else {}
@@ -98,8 +133,10 @@ def resolve_config(args: argparse.Namespace) -> PruningConfig:
         values.pop("beta", None)
     elif values.get("beta") is not None and "sparsity" not in values:
         values["sparsity"] = None
-    if values.get("target") == "hyperflux" and not values.get("state_dir"):
+    if values.get("target") in LEARNED_TARGETS and not values.get("state_dir"):
         values["state_dir"] = str(Path(args.output).expanduser().resolve()) + ".hyperflux-state"
+    if args.model is None and values.get("calibration") is None:
+        values["calibration"] = BUILTIN
     return PruningConfig.from_dict(values)
 
 
@@ -114,18 +151,20 @@ def restore_checkpoint_dtype(model, source_dtype) -> None:
         model.to(source_dtype)
 
 
-def run_prune(args: argparse.Namespace) -> int:
+def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
     from rich.console import Console
 
     from .checkpoint import check_quantization_available, load_config, load_model, prepare_output_dir, save_pruned
     from .distributed import process_state
     from .errors import ConfigError
-    from .pruner import apply_pruning, calibration_ids, make_plan
+    from .hyperflux.trainer import check_saved_state
+    from .pruner import apply_pruning, calibration_ids, make_plan, needs_calibration
     from .report import print_summary, write_run_artifacts
 
     state = process_state()
     console = Console(quiet=not state.is_main_process)
-    config = resolve_config(args)
+    if not needs_calibration(config) and config.calibration == BUILTIN and args.model is None:
+        config.calibration = None  # a data-free run on the embedded default reads no text
     model_id = args.model or str(DEFAULT_MODEL_DIR)
     base_name = args.model or DEFAULT_MODEL_NAME
     quantize_bits = 4 if args.load_in_4bit else 8 if args.load_in_8bit else None
@@ -135,6 +174,8 @@ def run_prune(args: argparse.Namespace) -> int:
                               "read full-precision weights")
         check_quantization_available(quantize_bits)
     prepare_output_dir(args.output, args.overwrite)  # fail before the slow part, not after it
+    if config.target in LEARNED_TARGETS:
+        check_saved_state(config.state_dir, resume=config.resume, restart=config.restart)
     source_dtype = getattr(load_config(model_id), "dtype", None)
 
     started = time.perf_counter()
@@ -162,22 +203,39 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted_message(argv: list[str], config: PruningConfig | None) -> str:
+    """One line after Ctrl-C: what is on disk, and the exact command that continues from it."""
+    if config is not None and config.target in LEARNED_TARGETS and config.state_dir:
+        from .hyperflux.trainer import saved_state_step
+
+        step = saved_state_step(config.state_dir)
+        if step is not None:
+            resume = argv if "--resume" in argv else [*argv, "--resume"]
+            return (f"interrupted at step {step}; the Hyperflux state is saved in {config.state_dir}; "
+                    f"resume with: {shlex.join(['hf-prune', *resume])}")
+    return "interrupted; nothing was written"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["eval"]:
         from .eval_cli import main as eval_main
 
         return eval_main(argv[1:])
-    if argv[:1] == ["prune"]:
-        argv = argv[1:]
-    args = build_prune_parser().parse_args(argv)
+    parse_argv = argv[1:] if argv[:1] == ["prune"] else argv
+    args = build_prune_parser().parse_args(parse_argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    config = None
     try:
-        return run_prune(args)
+        config = resolve_config(args)
+        return run_prune(args, config)
     except HfPruneError as error:
         print(f"hf-prune: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nhf-prune: {interrupted_message(argv, config)}", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

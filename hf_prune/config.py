@@ -4,6 +4,12 @@ The field metadata's ``help`` text is what ``hf-prune --help`` prints, so the CL
 cannot drift apart. Recipes (``recipes/*.yaml``) are dictionaries of these fields; unknown keys from a
 newer recipe are dropped with a warning (as peft does), not an error, so old installs still read new
 recipes.
+
+The defaults are the recipe the project's measurements recommend (``eval/results/defaults.md``,
+``python eval/bench_defaults.py``): activation (Wanda-sp) scores, which ranked groups well on every
+model measured, where fluctuation collapsed on a pretrained one; and MLP neurons only, which lost
+least at 20-35% on the 5M reference model and on SmolLM2-135M, because removing a KV group costs a
+whole head's share of a layer's attention. ``--units all`` and ``--target emp`` remain a flag away.
 """
 
 from __future__ import annotations
@@ -29,12 +35,19 @@ TARGET_ONLY_OPTIONS = {
     "mlp_multiple": ("emp",),
     **{name: ("hyperflux",) for name in (
         "steps", "regrowth_steps", "tick_every", "gate_lr", "gate_init", "pressure_step", "pressure_exponent",
-        "grad_accum", "checkpoint_every", "state_dir", "resume", "gradient_checkpointing")},
+        "grad_accum", "checkpoint_every", "state_dir", "resume", "restart", "gradient_checkpointing")},
 }
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _help(text: str, default_help: str | None = None) -> dict[str, str]:
+    """Field metadata: the flag's help, and what happens by default when the value (e.g. None) says nothing."""
+    return {"help": text} if default_help is None else {"help": text, "default_help": default_help}
+
+
+def options_for_target(values: dict[str, Any], target: str) -> dict[str, Any]:
+    """The options that mean something for ``target`` (e.g. no Hyperflux settings in an EMP model card)."""
+    return {name: value for name, value in values.items()
+            if target in TARGET_ONLY_OPTIONS.get(name, (target,))}
 
 
 @dataclass
@@ -47,30 +60,35 @@ class PruningConfig:
     sparsity: float | None = field(default=0.3, metadata=_help(
         "fraction of the prunable parameters (attention + MLP weights of all decoder layers) to remove, in "
         "[0, 1); the achieved figure differs only by rounding to whole groups"))
-    importance: str = field(default="magnitude", metadata=_help(
+    importance: str = field(default="activation", metadata=_help(
         "per-group importance that picks which groups go: 'magnitude' (weight norms, data-free), 'activation' "
         "(Wanda-sp: ||X_j|| * ||W_:,j||), 'fluctuation' (FLAP: Var(X_j) * ||W_:,j||^2), 'taylor' (LLM-Pruner: "
-        "|sum w * dL/dw|); all but magnitude need --calibration"))
-    units: str = field(default="all", metadata=_help(
+        "|sum w * dL/dw|); all but magnitude read calibration text"))
+    units: str = field(default="mlp", metadata=_help(
         "which groups may be removed: 'all' (KV groups and MLP neurons), 'attention' (KV groups only) or "
-        "'mlp' (neurons only); the budget is always a share of all prunable parameters"))
+        "'mlp' (neurons only, the measured best at 20-35%: eval/results/defaults.md); the budget is always a share "
+        "of all prunable parameters"))
     beta: float | None = field(default=None, metadata=_help(
         "EMP only: use the paper's raw rule, keep floor(beta * N_eff) groups per layer, instead of solving "
-        "beta for --sparsity (give one of the two)"))
+        "beta for --sparsity (give one of the two)", default_help="none: beta is solved for --sparsity"))
     mlp_multiple: int = field(default=1, metadata=_help(
         "EMP only: round each layer's MLP width to a multiple of this (e.g. 64 or 128 for fast GPU kernels)"))
     compensate: str = field(default="none", metadata=_help(
         "'bias' folds the calibration mean of every removed channel into the bias of o_proj / down_proj "
         "(FLAP's compensation; needs --calibration); 'none' just removes"))
     calibration: str | None = field(default=None, metadata=_help(
-        "calibration text: a local .txt/.jsonl file, 'reference' (train split of the corpus that "
-        "scripts/prepare_corpus.py builds), or a datasets name"))
-    calibration_config: str | None = field(default=None, metadata=_help("datasets config name of --calibration"))
+        "calibration text: a local .txt/.jsonl file, a datasets name, 'builtin' (a small public-domain English "
+        "sample shipped with hf-prune) or 'reference' (train split of the corpus scripts/prepare_corpus.py builds)",
+        default_help="'builtin' for the embedded default model; other models must be given text, unless the "
+                     "run is data-free (--importance magnitude, no compensation)"))
+    calibration_config: str | None = field(default=None, metadata=_help(
+        "datasets config name of --calibration", default_help="the dataset's default config"))
     calibration_split: str = field(default="train", metadata=_help("datasets split of --calibration"))
     calibration_column: str = field(default="text", metadata=_help("text column of --calibration (datasets or jsonl)"))
     calibration_samples: int = field(default=64, metadata=_help("number of calibration sequences"))
-    seq_len: int = field(default=512, metadata=_help(
-        "tokens per calibration sequence (capped at the model's max_position_embeddings)"))
+    seq_len: int | None = field(default=None, metadata=_help(
+        "tokens per calibration sequence (a value over the model's max_position_embeddings is capped, with a "
+        "warning)", default_help="the model's context length, at most 512"))
     batch_size: int = field(default=1, metadata=_help("calibration sequences per forward pass"))
     sequential: bool = field(default=False, metadata=_help(
         "collect activation statistics one decoder layer at a time, holding only that layer's activations "
@@ -81,7 +99,9 @@ class PruningConfig:
     regrowth_steps: int = field(default=20, metadata=_help(
         "Hyperflux: steps at zero pressure with a decaying learning rate, letting useful groups reopen"))
     tick_every: int = field(default=10, metadata=_help("Hyperflux: optimizer steps between pressure updates"))
-    gate_lr: float = field(default=1e-3, metadata=_help("Hyperflux: Adam learning rate of the gate logits"))
+    gate_lr: float = field(default=1e-2, metadata=_help(
+        "Hyperflux: Adam learning rate of the gate logits (the paper's 1e-3 needs hundreds of steps before the "
+        "first gate closes)"))
     gate_init: str = field(default="uniform", metadata=_help(
         "Hyperflux: 'uniform' = the paper's U(0.2, 0.5); 'scores' = ordered by --importance within each layer, "
         "so Hyperflux refines a one-shot ranking"))
@@ -92,8 +112,11 @@ class PruningConfig:
     checkpoint_every: int = field(default=50, metadata=_help(
         "Hyperflux: steps between resumable state snapshots in --state-dir"))
     state_dir: str | None = field(default=None, metadata=_help(
-        "Hyperflux: directory of the resumable state (the CLI uses <output>.hyperflux-state)"))
-    resume: bool = field(default=False, metadata=_help("Hyperflux: continue from the state in --state-dir"))
+        "Hyperflux: directory of the resumable state", default_help="<output>.hyperflux-state; none in the Python API"))
+    resume: bool = field(default=False, metadata=_help(
+        "Hyperflux: continue an interrupted run from the state in --state-dir"))
+    restart: bool = field(default=False, metadata=_help(
+        "Hyperflux: discard the state an interrupted run left in --state-dir and start from step 0"))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Hyperflux: recompute activations in the backward pass (less memory, ~30% more time)"))
 
@@ -133,10 +156,15 @@ class PruningConfig:
                 raise ConfigError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
             if not 0.0 <= float(self.sparsity) < 1.0:
                 raise ConfigError(
-                    f"sparsity must be in [0, 1), got {self.sparsity}: it is the fraction of parameters to remove")
+                    f"sparsity must be in (0, 1), got {self.sparsity}: it is the fraction of parameters to remove")
+            if self.sparsity == 0:
+                raise ConfigError("sparsity 0 removes nothing, so there is nothing to write; pass a fraction in "
+                                  "(0, 1), e.g. --sparsity 0.3")
             self.sparsity = float(self.sparsity)
-        for name in ("mlp_multiple", "calibration_samples", "seq_len", "batch_size", "steps", "tick_every",
-                     "grad_accum", "checkpoint_every"):
+        if self.resume and self.restart:
+            raise ConfigError("give --resume (continue the saved Hyperflux state) or --restart (discard it), not both")
+        for name in ("mlp_multiple", "calibration_samples", "batch_size", "steps", "tick_every",
+                     "grad_accum", "checkpoint_every", *(("seq_len",) if self.seq_len is not None else ())):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -21,6 +21,7 @@ from .calibration import CalibrationSource, load_calibration
 from .checkpoint import as_pruned_model
 from .compensation import compensate
 from .config import LEARNED_TARGETS, PruningConfig
+from .data import BUILTIN
 from .errors import BudgetError, ConfigError
 from .importance import CHANNELS, GRADIENTS, get_importance
 from .statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
@@ -89,18 +90,30 @@ def top_groups(scores: torch.Tensor, keep: int) -> list[int]:
     return sorted(order.tolist())
 
 
+#: calibration rows are this long unless asked otherwise (or the model's context is shorter)
+DEFAULT_SEQ_LEN = 512
+
+
+def needs_calibration(config: PruningConfig) -> bool:
+    """Whether the run reads calibration text (data-driven scores, compensation or learned gates)."""
+    return config.target in LEARNED_TARGETS or bool(_needed_statistics(config))
+
+
 def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> torch.Tensor | None:
     """Token rows for the statistics or gate training the config needs, or None when the run is data-free."""
-    learned = config.target in LEARNED_TARGETS
-    if not _needed_statistics(config) and not learned:
+    if not needs_calibration(config):
         return None
     if config.calibration is None:
+        learned = config.target in LEARNED_TARGETS
         what = (f"target {config.target!r}" if learned else f"importance {config.importance!r}") + (
             " with --compensate bias" if config.compensate == "bias" else "")
-        raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|reference|DATASET")
-    seq_len = config.seq_len
+        raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|DATASET (text "
+                          f"of your model's domain), or '{BUILTIN}' for the small English sample shipped with hf-prune")
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and seq_len > limit:
+    seq_len = config.seq_len
+    if seq_len is None:
+        seq_len = min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
+    elif limit and seq_len > limit:
         logger.warning("seq_len %d exceeds the model's max_position_embeddings %d; using %d", seq_len, limit, limit)
         seq_len = limit
     source = CalibrationSource(config.calibration, config.calibration_config, config.calibration_split,
@@ -283,16 +296,40 @@ def _learn_plan(
         gate_lr=config.gate_lr, pressure_step=config.pressure_step, pressure_exponent=config.pressure_exponent,
         grad_accum=config.grad_accum, batch_size=config.batch_size, checkpoint_every=config.checkpoint_every,
         gate_init=config.gate_init, gradient_checkpointing=config.gradient_checkpointing, seed=config.seed,
-        state_dir=config.state_dir, resume=config.resume,
+        state_dir=config.state_dir, resume=config.resume, restart=config.restart,
     )
     trainer = HyperfluxTrainer(model, request.scopes, request.params_per_group, budget, input_ids, options,
                                scores=request.scores or None)
     result = trainer.run()
+    target_density = budget / trainer.gates.total_cost
     details = {"final_density_before_projection": result.final_density,
-               "target_density": budget / trainer.gates.total_cost, "gate_seconds": result.seconds,
+               "target_density": target_density, "gate_seconds": result.seconds,
                "ticks": len(result.trajectory), "calibration_rows": int(input_ids.shape[0]),
                "processes": result.processes}
+    warning = gates_far_from_target(result.final_density, target_density)
+    if warning:
+        details["warning"] = warning
+        logger.warning(warning)
     return result.plan, details, result.trajectory
+
+
+def gates_far_from_target(density: float, target: float) -> str | None:
+    """A warning when training ended far from the budget, so the projection, not the gates, made the plan.
+
+    ``density`` and ``target`` are open parameter shares. Within 20% of the share to be removed the
+    projection only trims; beyond that it decides most of the plan from gates that did not settle.
+    """
+    to_remove = 1.0 - target
+    closed = (1.0 - density) / to_remove if to_remove > 0 else 1.0
+    if closed < 0.8:
+        return (f"Hyperflux gates closed only {closed:.0%} of the budget before projection (open share "
+                f"{density:.3f}, target {target:.3f}): the plan comes mostly from the projection of barely trained "
+                "gates; raise --steps or --gate-lr")
+    if closed > 1.2:
+        return (f"Hyperflux gates closed {closed:.0%} of the budget before projection (open share {density:.3f}, "
+                f"target {target:.3f}): the projection reopened groups the gates had closed; raise --regrowth-steps "
+                "or lower --pressure-step")
+    return None
 
 
 def _uniform_for_comparison(request: AllocationRequest, config: PruningConfig) -> dict[str, int] | None:

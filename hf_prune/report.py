@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
 
+from .config import LEARNED_TARGETS, options_for_target
 from .hyperflux.trajectory import write_trajectory
 from .pruner import PruningReport
 
@@ -65,9 +66,12 @@ def summary_lines(report: PruningReport) -> list[str]:
         lines.append(f"Hyperflux: {a['ticks']} ticks in {a['gate_seconds']:.1f}s; open parameter share before projection "
                      f"{a['final_density_before_projection']:.4f} vs target {a['target_density']:.4f}; "
                      "projected onto exactly the budget")
+        if a.get("warning"):
+            lines.append(f"WARNING: {a['warning']}")
     if report.calibration_tokens:
         lines.append(f"calibration: {report.calibration_tokens:,} tokens over {report.calibration_processes} "
-                     f"process(es) in {report.calibration_seconds:.1f}s (importance {report.config['importance']}, compensation {report.config['compensate']})")
+                     f"process(es) in {report.calibration_seconds:.1f}s (importance {report.config['importance']}, "
+                     f"compensation {report.config['compensate']})")
     return lines
 
 
@@ -78,13 +82,34 @@ def print_summary(report: PruningReport, console: Console | None = None) -> None
         console.print(line)
 
 
+def run_options(report: PruningReport) -> dict[str, object]:
+    """The options that shaped this run: set, and meaningful for its target (no Hyperflux settings on an
+    EMP run; no importance for Hyperflux gates that started uniform, since no score was used)."""
+    config = report.config
+    options = {key: value for key, value in options_for_target(config, config["target"]).items()
+               if value is not None and key not in ("state_dir", "resume", "restart")}
+    if not report.scores:
+        options.pop("importance", None)
+    read_text = bool(report.calibration_tokens) or config["target"] in LEARNED_TARGETS
+    if not read_text:
+        for key in [k for k in options if k.startswith("calibration")] + ["seq_len", "batch_size", "sequential"]:
+            options.pop(key, None)
+    return options
+
+
+def plot_title(report: PruningReport) -> str:
+    """Target, the importance only when scores decided the plan, and the achieved sparsity."""
+    importance = f", importance {report.config['importance']}" if report.scores else ""
+    return f"{report.config['target']}{importance}, achieved sparsity {report.achieved_sparsity:.1%}"
+
+
 def model_card(report: PruningReport, base_model: str) -> str:
     """A README.md for the pruned checkpoint: what was done and how to load it."""
     rows = "\n".join(
         f"| {row.layer} | {row.kv_groups_after}/{row.kv_groups_before} | {row.neurons_after}/{row.neurons_before} |"
         for row in report.layers
     )
-    options = ", ".join(f"`{key}={value}`" for key, value in report.config.items() if value is not None)
+    options = ", ".join(f"`{key}={value}`" for key, value in run_options(report).items())
     bullets = "\n".join(f"- {line}" for line in summary_lines(report))
     return f"""---
 library_name: transformers
@@ -142,8 +167,7 @@ def save_allocation_plot(report: PruningReport, path: Path) -> None:
         axis.set_ylim(0, 1.05)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(f"{report.config['target']}, importance {report.config['importance']}, "
-                    f"achieved sparsity {report.achieved_sparsity:.1%}")
+    figure.suptitle(plot_title(report))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

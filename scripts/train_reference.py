@@ -246,9 +246,10 @@ def save_final(model, tokenizer, out_dir: Path, dtype: str) -> None:
     model.config.use_cache = True
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    # No max_length: every generate(max_new_tokens=...) would warn that both are set.
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, max_length=model.config.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(out_dir)
 
 
