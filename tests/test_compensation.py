@@ -45,7 +45,8 @@ def test_compensation_reduces_the_output_error_of_a_pruned_layer(family):
 def test_compensated_model_saves_and_reloads_with_its_new_biases(tmp_path):
     model = make_model("llama", attention_bias=False, mlp_bias=False)  # o_proj / down_proj have no bias
     rows = torch.randint(0, COMMON["vocab_size"], (4, 16), generator=torch.Generator().manual_seed(0))
-    report = prune(model, PruningConfig(target="emp", importance="fluctuation", sparsity=0.3, compensate="bias"), rows)
+    report = prune(model, PruningConfig(target="emp", units="all", importance="fluctuation", sparsity=0.3,
+                                         compensate="bias"), rows)
     assert report.achieved_sparsity > 0.25
     o_proj = model.get_submodule("model.layers.0.self_attn.o_proj")
     assert o_proj.bias is not None and o_proj.bias.abs().sum() > 0

@@ -27,7 +27,7 @@ def run(capsys, *argv):
 def hyperflux_args(model_dir, calibration, **overrides):
     options = {"--target": "hyperflux", "--sparsity": "0.35", "--calibration": calibration,
                "--calibration-samples": "8", "--seq-len": "16", "--steps": "20", "--tick-every": "5",
-               "--regrowth-steps": "5", "--gate-lr": "0.02", **overrides}
+               "--regrowth-steps": "5", "--gate-lr": "0.02", "--units": "all", **overrides}
     return ["--model", model_dir, *[str(x) for pair in options.items() for x in pair]]
 
 
@@ -67,7 +67,8 @@ def test_gates_can_start_from_importance_scores(capsys, tmp_path):
 
 def test_hyperflux_options_are_refused_with_other_targets(capsys, tmp_path):
     model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
-    code, captured = run(capsys, "--model", model_dir, "--steps", "50", "--output", tmp_path / "o")
+    code, captured = run(capsys, "--model", model_dir, "--importance", "magnitude", "--steps", "50",
+                         "--output", tmp_path / "o")
     assert code == 2 and "steps applies to --target hyperflux only" in captured.err
 
 
@@ -95,7 +96,8 @@ def test_gates_train_on_a_quantized_base_and_cut_the_full_precision_weights(caps
 
 def test_quantized_base_errors(capsys, tmp_path, monkeypatch):
     model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
-    code, captured = run(capsys, "--model", model_dir, "--load-in-8bit", "--output", tmp_path / "o")
+    code, captured = run(capsys, "--model", model_dir, "--importance", "magnitude", "--load-in-8bit",
+                         "--output", tmp_path / "o")
     assert code == 2 and "applies to --target hyperflux only" in captured.err
     import importlib.util
 
