@@ -38,6 +38,7 @@ class Bench:
     eval_windows: int = 64
     eval_seq_len: int = 256
     batch_size: int = 16
+    test_file: Path | None = None  # held-out text of the windows (default: the corpus's test split)
     model: Any = field(init=False)
     tokenizer: Any = field(init=False)
     token_set: torch.Tensor = field(init=False)
@@ -47,7 +48,8 @@ class Bench:
         torch.set_grad_enabled(True)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.token_set = fixed_token_set(self.tokenizer, num_windows=self.eval_windows, seq_len=self.eval_seq_len)
+        self.token_set = fixed_token_set(self.tokenizer, self.test_file, num_windows=self.eval_windows,
+                                         seq_len=self.eval_seq_len)
 
     def fresh_copy(self):
         return copy.deepcopy(self.model)

@@ -86,7 +86,8 @@ def main() -> None:
     args = parser.parse_args()
 
     bench = Bench(args.model, eval_windows=args.eval_windows)
-    common = {"calibration": "reference", "calibration_samples": args.calibration_samples, "seq_len": args.seq_len,
+    common = {"calibration": "reference", "units": "all", "calibration_samples": args.calibration_samples,
+              "seq_len": args.seq_len,
               "batch_size": args.batch_size, "seed": args.seed}
     rows = calibration_ids(bench.model, bench.tokenizer, PruningConfig(importance="activation", **common))
     statistics = collect_statistics(bench.model, get_adapter(bench.model).scopes(bench.model),
