@@ -341,8 +341,7 @@ class HyperfluxTrainer:
 
     def _load_state(self) -> None:
         directory = Path(self.options.state_dir or "")
-        if not (directory / STATE_JSON).is_file():
-            raise ConfigError(f"--resume: no Hyperflux state in {str(directory)!r}; run once without --resume first")
+        check_saved_state(directory, resume=True, restart=False)  # the state may have gone since __init__
         meta = json.loads((directory / STATE_JSON).read_text())
         if meta["fingerprint"] != self.fingerprint:
             raise ConfigError(f"--resume: the state in {str(directory)!r} belongs to a run with other options or "
