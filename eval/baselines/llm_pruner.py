@@ -102,8 +102,12 @@ def removed_by_ratio(scope: PrunableScope, ratio: float) -> int:
 def llm_pruner_plan(
     model: nn.Module, scopes: Sequence[PrunableScope], calibration: torch.Tensor, sparsity: float,
     *, batch_size: int = 1, layers: range | None = None, match_budget: bool = True,
+    grads: dict[str, torch.Tensor] | None = None,
 ) -> BaselinePlan:
-    """LLM-Pruner's block-wise plan at ``sparsity`` (share of *all* prunable parameters removed)."""
+    """LLM-Pruner's block-wise plan at ``sparsity`` (share of *all* prunable parameters removed).
+
+    ``grads`` (from :func:`elementwise_taylor_gradients` on the same rows) may be passed to plan
+    several budgets from one backward pass."""
     num_layers = max(scope.layer for scope in scopes) + 1
     layers = layers if layers is not None else pruned_layer_range(num_layers)
     selected = [scope for scope in scopes if scope.layer in layers]
@@ -118,7 +122,8 @@ def llm_pruner_plan(
         attention_removed = sum(remove[s.name] * cost[s.name] for s in selected if s.kind == "attention")
         remove.update(fill_mlp_to_budget(model, scopes, attention_removed, sparsity,
                                          [s for s in selected if s.kind == "mlp"]))
-    grads = elementwise_taylor_gradients(model, selected, calibration, batch_size)
+    if grads is None:
+        grads = elementwise_taylor_gradients(model, selected, calibration, batch_size)
     scores = {s.name: taylor_group_scores(model, s, grads) for s in selected}
     kept = {s.name: top_k(scores[s.name], check_kept_count(s, s.num_groups - remove[s.name])) for s in selected}
     return BaselinePlan("llm-pruner", kept, details={"ratio_in_pruned_layers": ratio, "layers": [layers.start, layers.stop],

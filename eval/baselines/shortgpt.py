@@ -66,13 +66,14 @@ def block_influence(model: nn.Module, layers: nn.ModuleList, calibration: torch.
 
 
 def shortgpt_plan(model: nn.Module, scopes: Sequence[PrunableScope], layers: nn.ModuleList, calibration: torch.Tensor,
-                  sparsity: float, *, batch_size: int = 1) -> BaselinePlan:
-    """Remove the ``round(sparsity * L)`` layers (by parameters) with the lowest Block Influence."""
+                  sparsity: float, *, batch_size: int = 1, bi: torch.Tensor | None = None) -> BaselinePlan:
+    """Remove the ``round(sparsity * L)`` layers (by parameters) with the lowest Block Influence
+    (``bi`` from :func:`block_influence` may be passed to plan several budgets from one pass)."""
     per_layer = [0] * len(layers)
     for scope in scopes:
         per_layer[scope.layer] += scope.num_groups * scope.params_per_group(model)
     mean_layer = sum(per_layer) / len(per_layer)
     count = min(len(layers) - 1, max(0, round(sparsity * total_prunable(model, scopes) / mean_layer)))
-    bi = block_influence(model, layers, calibration, batch_size)
+    bi = bi if bi is not None else block_influence(model, layers, calibration, batch_size)
     removed = sorted(torch.sort(bi, stable=True).indices[:count].tolist())
     return BaselinePlan("shortgpt", removed_layers=removed, details={"block_influence": bi.tolist(), "layers_removed": count})
