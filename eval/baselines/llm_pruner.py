@@ -20,9 +20,9 @@ Differences, and why:
   are kept whole (4 and 2 of SmolLM2's 30). The ratio inside the pruned layers is raised so that the
   removed share of *all* prunable parameters is the budget, as their "pruning ratio 0.25 ≈ 20% of
   parameters" works.
-- The group is hf-prune's KV group (q/k/v rows and ``o_proj`` columns of the query heads that really
-  share the KV head) and MLP neuron (gate/up rows, ``down_proj`` column), not the group their vendored
-  dependency graph derives.
+- The group is defined by hf-prune's adapter — a KV group (q/k/v rows and ``o_proj`` columns of the
+  query heads that share the KV head) or an MLP neuron (gate/up rows, ``down_proj`` column) — rather
+  than derived by their vendored Torch-Pruning dependency graph, which we did not run.
 - ``match_budget=True`` sets the per-layer neuron count so the total meets the budget after the head
   rounding (see ``common.fill_mlp_to_budget``); ``False`` applies their rule to both.
 - The loss is averaged over all calibration rows (the project's shared tokens), in batches whose

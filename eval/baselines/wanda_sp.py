@@ -21,7 +21,8 @@ Differences, and why:
   exactly the sliced model), so the caller gets a plan rather than a modified model.
 - ``match_budget=True`` (default) keeps their rule for heads and sets the per-layer neuron count so
   the total meets the requested share of prunable parameters (see ``common.fill_mlp_to_budget``);
-  with 3 KV groups per layer their rule alone would give e.g. 13% instead of 20%.
+  on SmolLM2 (3 KV groups per layer) their rule alone removes no group at 20% and 15.0% of the
+  prunable parameters in all.
   ``match_budget=False`` is their rule exactly (report the achieved sparsity).
 """
 
