@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import platform
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR, write_results
+from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR
 from baselines import common, flap, llm_pruner, random_pruning, shortgpt, wanda_sp
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
@@ -143,7 +144,7 @@ def masked_sparsity(ctx: Context, kept: dict[str, list[int]]) -> float:
 def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, description = MODELS[name]
+    path, description = MODELS.get(name, (Path(name), name))
     if not Path(path).is_dir():
         sys.exit(f"error: {path} not found (for smollm2 run scripts/fetch_smollm2.py first)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -249,9 +250,10 @@ def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
     plt.close(figure)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["reference", "smollm2"])
+    parser.add_argument("--models", nargs="+", default=["reference", "smollm2"],
+                        help=f"{', '.join(sorted(MODELS))} or a checkpoint directory")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.35, 0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
@@ -261,8 +263,9 @@ def main() -> None:
     parser.add_argument("--eval-seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="reference model, seed 0, 35%%, 32 eval windows")
-    parser.add_argument("--name", default=None, help="output name under eval/results/ (default compare[_quick])")
-    args = parser.parse_args()
+    parser.add_argument("--name", default=None, help="output name (default compare[_quick])")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
     if args.quick:
         args.models, args.seeds, args.sparsities, args.eval_windows = ["reference"], [0], [0.35], 32
     name = args.name or ("compare_quick" if args.quick else "compare")
@@ -272,11 +275,14 @@ def main() -> None:
     markdown = render(rows, args)
     meta = {**vars(args), "seconds": time.perf_counter() - started, "machine": platform.platform(),
             "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
-    path = write_results(name, rows, markdown, meta)
-    plot(rows, args, RESULTS_DIR / f"{name}.png")
+    meta["out_dir"] = str(meta["out_dir"])
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (args.out_dir / f"{name}.md").write_text(markdown)
+    plot(rows, args, args.out_dir / f"{name}.png")
     print(markdown)
-    print(f"wrote {path}, {RESULTS_DIR / (name + '.json')}, {RESULTS_DIR / (name + '.png')} "
-          f"in {meta['seconds'] / 60:.1f} min")
+    print(f"wrote {args.out_dir / name}.{{md,json,png}} in {meta['seconds'] / 60:.1f} min")
+    return rows
 
 
 if __name__ == "__main__":
