@@ -14,7 +14,9 @@ every number.
     HF_HUB_OFFLINE=1 python eval/compare.py --models reference smollm2
 
 SmolLM2-135M (``scripts/fetch_smollm2.py``) is the Q4_1-dequantized SmolLM2-135M-Instruct.
-Not yet here (see the issue): Hyperflux, the lm-eval multiple-choice column, Torch-Pruning.
+Hyperflux trains gates for ``--hyperflux-steps`` + ``--hyperflux-regrowth`` steps of 4 calibration rows
+(gate lr 0.01, tick every 10 steps, pressure exponent 3, as ``eval/bench_hyperflux.py``).
+Not yet here (see the issue): the lm-eval multiple-choice column and Torch-Pruning.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Context:
     stats: CalibrationStatistics
     seed: int
     batch_size: int
+    hyperflux: dict[str, Any] = field(default_factory=dict)  # PruningConfig fields of the Hyperflux runs
     cache: dict[str, Any] = field(default_factory=dict)  # per-seed products reused across budgets
 
     def once(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -93,6 +96,13 @@ def hf_prune_method(target: str, units: str, importance: str, compensate: str = 
     return run
 
 
+def hyperflux_method(ctx: Context, sparsity: float) -> Outcome:
+    """Gates trained on the same calibration rows (uniform init, the bench_hyperflux settings)."""
+    config = PruningConfig(target="hyperflux", units="all", sparsity=sparsity, calibration="reference",
+                           seed=ctx.seed, **ctx.hyperflux)
+    return Outcome(kept=make_plan(ctx.model, config, input_ids=ctx.calibration).kept)
+
+
 def peer(fn: Callable[[Context, float], common.BaselinePlan]) -> Callable:
     def run(ctx: Context, sparsity: float) -> Outcome:
         plan = fn(ctx, sparsity)
@@ -117,6 +127,7 @@ METHODS: dict[str, tuple[str, Callable]] = {  # label -> (who, run)
     "EMP, MLP only (activation)": ("hf-prune", hf_prune_method("emp", "mlp", "activation")),
     "EMP (fluctuation)": ("hf-prune", hf_prune_method("emp", "all", "fluctuation")),
     "EMP + bias (fluctuation)": ("hf-prune", hf_prune_method("emp", "all", "fluctuation", "bias")),
+    "Hyperflux (uniform init)": ("hf-prune", hyperflux_method),
     "FLAP": ("peer", peer(lambda c, s: flap.flap_plan(c.model, c.scopes, c.stats, s))),
     "Wanda-sp": ("peer", peer(lambda c, s: wanda_sp.wanda_sp_plan(c.model, c.scopes, c.layers, c.calibration, s,
                                                                   batch_size=c.batch_size))),
@@ -166,7 +177,10 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         collect_taylor_statistics(model, scopes, calibration, batch_size=args.batch_size, stats=stats)
         print(f"[{name}] seed {seed}: statistics of {calibration.numel():,} calibration tokens in "
               f"{time.perf_counter() - started:.0f}s", flush=True)
-        ctx = Context(model, tokenizer, scopes, adapter.decoder_layers(model), calibration, stats, seed, args.batch_size)
+        hyperflux = {"steps": args.hyperflux_steps, "regrowth_steps": args.hyperflux_regrowth, "tick_every": 10,
+                     "gate_lr": 0.01, "pressure_exponent": 3.0, "batch_size": 4}
+        ctx = Context(model, tokenizer, scopes, adapter.decoder_layers(model), calibration, stats, seed,
+                      args.batch_size, hyperflux)
         for label in args.methods:
             who, run = METHODS[label]
             for sparsity in args.sparsities:
@@ -262,6 +276,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--eval-seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--hyperflux-steps", type=int, default=300, help="Hyperflux steps under pressure (4 rows each)")
+    parser.add_argument("--hyperflux-regrowth", type=int, default=60, help="Hyperflux steps at zero pressure")
     parser.add_argument("--quick", action="store_true", help="reference model, seed 0, 35%%, 32 eval windows")
     parser.add_argument("--name", default=None, help="output name (default compare[_quick])")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)

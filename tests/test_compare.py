@@ -31,7 +31,7 @@ def test_compare_runs_every_method(tmp_path, corpus):
     model_dir = save_tiny_checkpoint("llama", tmp_path / "tiny", attention_bias=False, mlp_bias=False)
     rows = compare.main(["--models", model_dir, "--seeds", "0", "--sparsities", "0.35", "--eval-windows", "4",
                          "--eval-seq-len", "32", "--calibration-samples", "4", "--seq-len", "32",
-                         "--batch-size", "2", "--name", "t", "--out-dir", str(tmp_path / "out")])
+                         "--batch-size", "2", "--hyperflux-steps", "10", "--hyperflux-regrowth", "2", "--name", "t", "--out-dir", str(tmp_path / "out")])
     assert [r["method"] for r in rows] == list(compare.METHODS)
     assert all("skipped" not in r for r in rows), [r for r in rows if "skipped" in r]
     for r in rows:

@@ -97,8 +97,7 @@ def materialize(model: nn.Module, scopes: Sequence[PrunableScope], plan: Baselin
         for scope in scopes:
             if scope.name in plan.kept:
                 fold_removed_means(target, scope, plan.kept[scope.name], plan.channel_means[scope.name])
-    apply_plan(target, scopes, {name: kept for name, kept in plan.kept.items()
-                                if int(name.split(".")[1]) not in plan.removed_layers})
+    apply_plan(target, [scope for scope in scopes if scope.layer not in plan.removed_layers], plan.kept)
     if plan.removed_layers:
         drop_layers(target, plan.removed_layers)
     return target
