@@ -80,6 +80,13 @@ class Outcome:
     model: Any = None  # or a pruned copy
     plan: common.BaselinePlan | None = None  # for sparsity bookkeeping of peers
     achieved: float | None = None
+    counts: dict[str, list[int]] | None = None  # kept groups when ``model`` is a cut copy
+
+    def allocation(self) -> dict[str, Any]:
+        """What was kept, for the JSON: groups per scope, and removed layers (ShortGPT)."""
+        kept = self.kept if self.kept is not None else (self.plan.kept if self.plan else self.counts) or {}
+        return {"kept_groups": {name: len(groups) for name, groups in kept.items()},
+                "removed_layers": list(self.plan.removed_layers) if self.plan else []}
 
 
 def hf_prune_method(target: str, units: str, importance: str, compensate: str = "none") -> Callable:
@@ -91,7 +98,7 @@ def hf_prune_method(target: str, units: str, importance: str, compensate: str = 
             return Outcome(kept=plan.kept)
         pruned = copy.deepcopy(ctx.model)
         report = apply_pruning(pruned, config, plan)
-        return Outcome(model=pruned, achieved=report.achieved_sparsity)
+        return Outcome(model=pruned, achieved=report.achieved_sparsity, counts=report.plan)
 
     return run
 
@@ -200,7 +207,7 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     "achieved": achieved, "dense_ppl": math.exp(float(dense.mean())),
                     "pruned_ppl": math.exp(float(nll.mean())), "ratio": math.exp(float(diff.mean())),
                     "delta_nll": float(diff.mean()), "delta_nll_se": float(diff.std() / math.sqrt(diff.numel())),
-                    "seconds": time.perf_counter() - started,
+                    "seconds": time.perf_counter() - started, **outcome.allocation(),
                 }
                 rows.append(row)
                 print(f"[{name}] {label:36s} s={sparsity:.2f} seed={seed} achieved={achieved:.3f} "

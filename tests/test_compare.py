@@ -36,6 +36,7 @@ def test_compare_runs_every_method(tmp_path, corpus):
     assert all("skipped" not in r for r in rows), [r for r in rows if "skipped" in r]
     for r in rows:
         assert 0.2 < r["achieved"] < 0.5 and r["ratio"] > 0 and r["delta_nll_se"] >= 0
+        assert r["kept_groups"] or r["removed_layers"]
     table = (tmp_path / "out" / "t.md").read_text()
     assert all(method in table for method in compare.METHODS)
     assert (tmp_path / "out" / "t.png").stat().st_size > 0
