@@ -254,11 +254,11 @@ def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
     models = list(dict.fromkeys(r["model"] for r in rows))
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for axis, model in zip(axes[0], models):
-        for method in args.methods:
+        for index, method in enumerate(args.methods):
             points = sorted((r["achieved"], r["ratio"]) for r in rows
                             if r["model"] == model and r["method"] == method and "ratio" in r)
-            if points:
-                axis.plot(*zip(*points), marker="o", label=method,
+            if points:  # tab20: a distinct colour for each of up to 20 methods (the default cycle has 10)
+                axis.plot(*zip(*points), marker="o", label=method, color=plt.cm.tab20(index % 20),
                           linestyle="-" if METHODS[method][0] == "hf-prune" else "--")
         axis.set_title(model)
         axis.set_xlabel("achieved share of prunable parameters removed")
