@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prune  # noqa: F401  (registers the pruned classes)
-from hf_prune.evaluate import fixed_token_set, paired_comparison
+from hf_prune.evaluate import fixed_token_set, paired_comparison, window_nll
 
 EVAL_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = EVAL_DIR / "reference"
@@ -55,7 +55,11 @@ class Bench:
         return copy.deepcopy(self.model)
 
     def compare(self, pruned) -> dict[str, float]:
-        return paired_comparison(self.model, pruned, self.token_set, batch_size=self.batch_size)
+        """Paired perplexity of ``pruned`` against the dense model, whose window NLLs are computed once."""
+        if "nll" not in self.dense_nll_cache:
+            self.dense_nll_cache["nll"] = window_nll(self.model, self.token_set, batch_size=self.batch_size)
+        return paired_comparison(self.model, pruned, self.token_set, batch_size=self.batch_size,
+                                 dense_nll=self.dense_nll_cache["nll"])
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -76,6 +80,20 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def save_ratio_figure(figure, axes, path: Path) -> None:
+    """The finish every perplexity-ratio plot shares: log y axis, grid, labels, one legend, written to ``path``."""
+    import matplotlib.pyplot as plt
+
+    for axis in axes[0]:
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("perplexity ratio pruned / dense")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def ratio_cell(ratios: list[float], achieved: list[float]) -> str:

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import torch
 
-from bench_common import REFERENCE_DIR, RESULTS_DIR, Bench, Timer, ratio_cell, write_results
+from bench_common import REFERENCE_DIR, RESULTS_DIR, Bench, Timer, ratio_cell, save_ratio_figure, write_results
 from hf_prune import PruningConfig, prune
 from hf_prune.adapters import get_adapter
 from hf_prune.pruner import calibration_ids, collect_statistics
@@ -132,13 +132,7 @@ def plot(cells, args, path) -> None:
                           label=f"{label}, comp {compensate}")
         axis.set_title(importance)
         axis.set_xlabel("achieved sparsity")
-        axis.set_yscale("log")
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("perplexity ratio pruned / dense")
-    axes[0][-1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_ratio_figure(figure, axes, path)
 
 
 if __name__ == "__main__":

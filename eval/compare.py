@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR
+from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR, save_ratio_figure
 from baselines import common, flap, llm_pruner, random_pruning, shortgpt, wanda_sp
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
@@ -262,13 +262,7 @@ def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
                           linestyle="-" if METHODS[method][0] == "hf-prune" else "--")
         axis.set_title(model)
         axis.set_xlabel("achieved share of prunable parameters removed")
-        axis.set_yscale("log")
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("perplexity ratio pruned / dense")
-    axes[0][-1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_ratio_figure(figure, axes, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -380,15 +380,17 @@ def paired_perplexity(model, tokenizer=None, token_set: torch.Tensor | None = No
     return math.exp(float(window_nll(model, token_set, batch_size=batch_size).mean()))
 
 
-def paired_comparison(dense, pruned, token_set: torch.Tensor, *, batch_size: int = 16) -> dict[str, float]:
+def paired_comparison(dense, pruned, token_set: torch.Tensor, *, batch_size: int = 16,
+                      dense_nll: torch.Tensor | None = None) -> dict[str, float]:
     """Dense vs pruned perplexity on the same windows, with a paired standard error.
 
     Returns ``dense_ppl``, ``pruned_ppl``, ``delta_pct`` (relative perplexity increase, %),
     ``delta_nll`` (mean per-token NLL difference) and ``delta_nll_se`` (standard error of the
     per-window difference): pairing removes the between-window variance that dominates
-    unpaired comparisons.
+    unpaired comparisons. ``dense_nll`` (the dense model's :func:`window_nll` on these windows) may be
+    passed to score many pruned copies against one dense pass.
     """
-    a = window_nll(dense, token_set, batch_size=batch_size)
+    a = dense_nll if dense_nll is not None else window_nll(dense, token_set, batch_size=batch_size)
     b = window_nll(pruned, token_set, batch_size=batch_size)
     diff = b - a
     n = diff.numel()

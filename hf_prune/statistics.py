@@ -153,13 +153,12 @@ class _StopForward(Exception):
     """Raised by the capture hook once the first decoder layer's inputs are recorded."""
 
 
-def _sequential_forward(model: nn.Module, layers: nn.ModuleList, batches: Iterable[torch.Tensor]) -> None:
-    """Run ``batches`` through the decoder layers one layer at a time.
+def first_layer_inputs(model: nn.Module, layers: nn.ModuleList,
+                       batches: Iterable[torch.Tensor]) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) with which the model calls its first decoder layer, one entry per batch: the
+    hidden states plus the position embeddings and masks, so that layers can then run one at a time.
 
-    The inputs of the first layer (hidden states and the keyword arguments the model passes them:
-    position embeddings, masks) are captured by a pre-hook that stops the forward; then each layer
-    in turn processes every batch and its outputs become the next layer's inputs. Hooks on the
-    layers' Linear modules see exactly the activations of a full forward.
+    A pre-hook records them and stops the forward there, so nothing past the embeddings is computed.
     """
     captured: list[tuple[tuple, dict]] = []
 
@@ -177,7 +176,16 @@ def _sequential_forward(model: nn.Module, layers: nn.ModuleList, batches: Iterab
                 pass
     finally:
         handle.remove()
+    return captured
 
+
+def _sequential_forward(model: nn.Module, layers: nn.ModuleList, batches: Iterable[torch.Tensor]) -> None:
+    """Run ``batches`` through the decoder layers one layer at a time.
+
+    Each layer in turn processes every batch and its outputs become the next layer's inputs, so hooks
+    on the layers' Linear modules see exactly the activations of a full forward.
+    """
+    captured = first_layer_inputs(model, layers, batches)
     for layer in tqdm(layers, desc="calibration (layer by layer)", unit="layer", leave=False):
         next_inputs = []
         for args, kwargs in captured:

@@ -118,34 +118,6 @@ def drop_layers(model: nn.Module, layers: Iterable[int], decoder_layers: nn.Modu
         decoder_layers[index] = IdentityLayer()
 
 
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def first_layer_inputs(model: nn.Module, layers: nn.ModuleList, batches: Iterable[torch.Tensor]) -> list[tuple[tuple, dict]]:
-    """(args, kwargs) with which the model calls its first decoder layer, one entry per batch: the
-    hidden states plus position embeddings and masks, so layers can then be run one at a time
-    (FLAP's and Wanda's ``prepare_calibration_input``)."""
-    captured: list[tuple[tuple, dict]] = []
-
-    def capture(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _Stop
-
-    handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        for batch in batches:
-            try:
-                model(batch.to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
 def hidden_of(args: tuple, kwargs: Mapping[str, Any]) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 

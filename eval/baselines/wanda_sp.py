@@ -35,9 +35,9 @@ from torch import nn
 
 from hf_prune.adapters import PrunableScope
 from hf_prune.masks import GroupMasks, keep_masks
-from hf_prune.statistics import ChannelStatistics
+from hf_prune.statistics import ChannelStatistics, first_layer_inputs
 
-from .common import BaselinePlan, check_kept_count, fill_mlp_to_budget, first_layer_inputs, run_layer, top_k
+from .common import BaselinePlan, check_kept_count, fill_mlp_to_budget, run_layer, top_k
 
 
 def wanda_sp_scores(model: nn.Module, scope: PrunableScope, channels: ChannelStatistics) -> torch.Tensor:
