@@ -461,6 +461,38 @@ def cmd_roundtrip(args) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def load_pruned_main_venv(d: Path):
+    """``from_pretrained`` when transformers accepts the saved config. transformers 5.x refuses a config
+    whose ``hidden_size`` is not a multiple of ``num_attention_heads`` (``validate_architecture``), even
+    with an explicit ``head_dim`` (Torch-Pruning's recipe gives e.g. hidden 404 with 6 heads); the stock
+    ``LlamaForCausalLM`` runs such a model fine. Then: build the config with the next valid hidden size,
+    set the saved one before building the model (5.x validates at construction only), and load the saved
+    safetensors with every key matched. Returns the model and how it was loaded."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval(), {"load": "from_pretrained"}
+    except Exception as e:  # noqa: BLE001
+        first = next((l for l in str(e).splitlines() if l.strip()), repr(e)).strip()
+        cause = next((l.strip() for l in str(e).splitlines() if "ValueError" in l), first)
+    raw = json.loads((d / "config.json").read_text())
+    hs, nh = raw["hidden_size"], raw["num_attention_heads"]
+    kw = {k: v for k, v in raw.items() if k not in ("architectures", "transformers_version", "_model_name_or_path")}
+    cfg = LlamaConfig(**dict(kw, hidden_size=hs + (-hs) % nh))
+    cfg.hidden_size = hs
+    model = LlamaForCausalLM(cfg)
+    sd = load_file(str(d / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    if unexpected or [k for k in missing if not (k == "lm_head.weight" and tied)]:
+        raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    return model.float().eval(), {"load": "config built with a valid hidden size, then set to the saved one; "
+                                          "safetensors loaded with all keys matched",
+                                  "from_pretrained_error": cause, "missing_keys_tied": list(missing)}
+
+
 def cmd_evaluate(args) -> None:
     import torch
     from safetensors.torch import save_file
@@ -478,7 +510,7 @@ def cmd_evaluate(args) -> None:
     dirs = [Path(d) for d in args.models]
     for d in dirs:
         t0 = time.perf_counter()
-        pruned = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+        pruned, how = load_pruned_main_venv(d)
         cmp = paired_comparison(dense, pruned, tokens)
         # Torch-Pruning unties lm_head from the embedding in memory (two pruned copies); the checkpoint is
         # saved with tie_word_embeddings, so the reload ties them again: check the copies were equal
@@ -495,8 +527,11 @@ def cmd_evaluate(args) -> None:
                "eval_params": prunable_params(pruned), "eval_total_params": distinct_params(pruned),
                "eval_lm_head_tied": pruned.lm_head.weight is pruned.model.embed_tokens.weight,
                "saved_lm_head_separately": lm_sep, "saved_lm_head_minus_embedding_maxabs": tie_diff,
-               "eval_wall_s": round(time.perf_counter() - t0, 1), "eval_versions": versions(), "prune": rec}
+               "eval_wall_s": round(time.perf_counter() - t0, 1), "eval_versions": versions(), "eval_load": how,
+               "prune": rec}
         rows.append(row)
+        RECORDS_DIR.mkdir(parents=True, exist_ok=True)
+        (RECORDS_DIR / "eval_records.json").write_text(json.dumps(rows, indent=2) + "\n")
         print(json.dumps({"model": d.name, "ppl_ratio": round(row["ppl_ratio"], 4),
                           "delta_nll_se": cmp.get("delta_nll_se"),
                           "achieved_sparsity": rec.get("achieved_sparsity"), "params": row["eval_total_params"]}),
@@ -506,6 +541,65 @@ def cmd_evaluate(args) -> None:
     (RECORDS_DIR / "eval_records.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def cmd_evaluate_tp(args) -> None:
+    """Cross-check in the Torch-Pruning venv: a plain torch re-computation of the same windows (the token set
+    saved by ``evaluate``), dense and pruned loaded by this (older) transformers; per-window mean NLL as
+    ``hf_prune.evaluate.window_nll`` (logits[:, :-1] against tokens[:, 1:], float64 mean per window)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"]
+
+    @torch.no_grad()
+    def nll(model):
+        out = []
+        for batch in tokens.split(16):
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            x = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
+                                                  reduction="none")
+            out.append(x.view(batch.size(0), -1).double().mean(dim=1))
+        return torch.cat(out)
+
+    dense = nll(load_model(MODEL_DIR))
+    rows = []
+    for d in [Path(x) for x in args.models]:
+        m = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+        b = nll(m)
+        diff = b - dense
+        row = {"model_dir": str(d), "dense_ppl": math.exp(float(dense.mean())), "pruned_ppl": math.exp(float(b.mean())),
+               "ppl_ratio": math.exp(float(b.mean()) - float(dense.mean())),
+               "delta_nll_se": float(diff.std(unbiased=True) / math.sqrt(diff.numel())), "versions": versions()}
+        rows.append(row)
+        print(json.dumps({"model": d.name, "ppl_ratio": round(row["ppl_ratio"], 4)}), flush=True)
+    (RECORDS_DIR / "eval_tp_venv_crosscheck.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def cmd_reload_check(args) -> None:
+    """Prune in memory at the recorded ratio and compare logits with the saved-and-reloaded model (TP venv),
+    on the first 4 windows of the saved token set: a save/reload bug would show here."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"][:4]
+    out = []
+    for d in [Path(x) for x in args.models]:
+        rec = json.loads((d / "tp_record.json").read_text())
+        mem, _ = prune_once(rec["pruning_ratio"])
+        disk = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+        with torch.no_grad():
+            a, b = mem(input_ids=tokens).logits, disk(input_ids=tokens).logits
+        r = {"model_dir": str(d), "pruning_ratio": rec["pruning_ratio"], "max_abs_logit_diff": float((a - b).abs().max()),
+             "in_memory_nll": float(torch.nn.functional.cross_entropy(a[:, :-1].reshape(-1, a.size(-1)), tokens[:, 1:].reshape(-1))),
+             "versions": versions()}
+        out.append(r)
+        print(json.dumps(r), flush=True)
+    (RECORDS_DIR / "reload_check.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
 def cmd_report(args) -> None:
     """Assemble eval/results/torch_pruning_smollm2.{json,md} from the records (no number typed here)."""
     def load(name):
@@ -513,6 +607,11 @@ def cmd_report(args) -> None:
         return json.loads(p.read_text()) if p.exists() else None
 
     timeout5 = load("timeout_check_tf5.json")
+    cross = load("eval_tp_venv_crosscheck.json") or []
+    probes = []
+    p = RECORDS_DIR / "prune_log.jsonl"
+    if p.exists():
+        probes = [json.loads(l) for l in p.read_text().splitlines() if l.startswith('{"probe_ratio"')]
     bisect = load("bisect.json")
     evals = load("eval_records.json") or []
     roundtrip = [r for r in evals if "roundtrip" in r["model_dir"]]
@@ -522,7 +621,8 @@ def cmd_report(args) -> None:
                      "local, one ratio for hidden/MLP/heads, round_to=4; data-free (no calibration)",
            "eval": "hf_prune.evaluate.paired_comparison on fixed_token_set(test.jsonl, 32 windows x 256, seed 0)",
            "timeout_check_transformers5": timeout5, "transformers_bisect": bisect,
-           "roundtrip_dense_check": roundtrip, "budgets": budgets}
+           "roundtrip_dense_check": roundtrip, "budgets": budgets, "crosscheck_in_tp_venv": cross,
+           "ratio_probes": probes}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "torch_pruning_smollm2.json").write_text(json.dumps(out, indent=2) + "\n")
 
@@ -567,6 +667,27 @@ def cmd_report(args) -> None:
                      f"{r['dense_ppl']:.3f} | {r['pruned_ppl']:.3f} | {r['ppl_ratio']:.3f} | {r['delta_nll_se']:.4f} | "
                      f"{p['versions']['transformers']} | {p['prune_and_save_wall_s']} | {r['eval_wall_s']} |")
         L.append("")
+        L += [f"A uniform guess over the vocabulary (49152 tokens) has perplexity 49152; pruned perplexities above it: "
+              + ", ".join(f"{r['prune']['target_sparsity']:.0%}: {r['pruned_ppl'] > 49152}" for r in budgets) + ".", ""]
+        L += ["Parameters are counted after reload (tied embedding once). In memory, Torch-Pruning unties `lm_head` "
+              "from the embedding (two pruned copies); the saved copies are equal "
+              + ", ".join(f"(max abs diff {r['saved_lm_head_minus_embedding_maxabs']})" if r["saved_lm_head_separately"]
+                          else "(lm_head not saved separately)" for r in budgets)
+              + " and the reload ties them again.", ""]
+        odd = [r for r in budgets if r.get("eval_load", {}).get("load") != "from_pretrained"]
+        for r in odd:
+            L += [f"`{Path(r['model_dir']).name}`: transformers {r['eval_versions']['transformers']} refuses the saved config "
+                  f"(`{r['eval_load'].get('from_pretrained_error')}`) although `head_dim` is explicit; loaded as: "
+                  f"{r['eval_load']['load']}.", ""]
+    if cross:
+        L += ["Cross-check, plain torch re-computation of the same windows inside the Torch-Pruning venv "
+              f"(transformers {cross[0]['versions']['transformers']}): "
+              + "; ".join(f"{Path(c['model_dir']).name} PPL ratio {c['ppl_ratio']:.4f}" for c in cross) + ".", ""]
+    if probes:
+        heads = sorted({(q["probe_ratio"], q["layer0"]["q_heads"]) for q in probes})
+        L += ["Ratio probes (ratio: query heads kept per layer, achieved sparsity): "
+              + ", ".join(f"{q['probe_ratio']}: {q['layer0']['q_heads']}, {q['achieved_sparsity']:.3f}"
+                          for q in sorted(probes, key=lambda q: q["probe_ratio"])) + ".", ""]
     (RESULTS_DIR / "torch_pruning_smollm2.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
 
@@ -597,10 +718,15 @@ def main(argv=None) -> None:
     sub.add_parser("roundtrip")
     e = sub.add_parser("evaluate")
     e.add_argument("models", nargs="+")
+    e2 = sub.add_parser("evaluate-tp")
+    e2.add_argument("models", nargs="+")
+    e3 = sub.add_parser("reload-check")
+    e3.add_argument("models", nargs="+")
     sub.add_parser("report")
     args = ap.parse_args(argv)
     {"_graph": cmd_graph_worker, "timeout-check": cmd_timeout_check, "bisect": cmd_bisect, "prune": cmd_prune,
-     "roundtrip": cmd_roundtrip, "evaluate": cmd_evaluate, "report": cmd_report}[args.cmd](args)
+     "roundtrip": cmd_roundtrip, "evaluate": cmd_evaluate, "evaluate-tp": cmd_evaluate_tp,
+     "reload-check": cmd_reload_check, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":
