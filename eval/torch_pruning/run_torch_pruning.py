@@ -600,6 +600,113 @@ def cmd_reload_check(args) -> None:
     (RECORDS_DIR / "reload_check.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
+def cmd_diagnose(args) -> None:
+    """Why is the pruned model so bad? (TP venv) 1) Recover, from the weights, which residual (hidden)
+    channels every module of the saved model kept, and check they are the same set everywhere (a
+    structurally consistent cut). 2) Slice ONLY those hidden channels out of the dense model (all heads and
+    MLP neurons kept) and 3) only the recipe's heads + MLP neurons (hidden kept), and evaluate both on the
+    same windows: which part of the recipe's cut does the damage."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"]
+
+    @torch.no_grad()
+    def nll(model):
+        out = []
+        for batch in tokens.split(16):
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            x = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
+                                                  reduction="none")
+            out.append(x.view(batch.size(0), -1).double().mean(dim=1))
+        return torch.cat(out)
+
+    def match_cols(dense_w, pruned_w, dim):
+        """indices i of dense_w along dim such that pruned_w's slices equal them, in order"""
+        d = dense_w.movedim(dim, 0).reshape(dense_w.size(dim), -1)
+        p = pruned_w.movedim(dim, 0).reshape(pruned_w.size(dim), -1)
+        if d.size(1) != p.size(1):
+            return None
+        idx = torch.cdist(p.double(), d.double()).argmin(1)
+        exact = torch.equal(p, d[idx])  # the nearest dense slice must be bit-identical
+        return idx.tolist() if exact else None
+
+    dense = load_model(MODEL_DIR)
+    base = nll(dense)
+    out = []
+    for d in [Path(x) for x in args.models]:
+        pr = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+        sets = {"embed_tokens(cols)": match_cols(dense.model.embed_tokens.weight, pr.model.embed_tokens.weight, 1),
+                "final norm": None}
+        hid = sets["embed_tokens(cols)"]
+        consistent = hid is not None
+        heads_kept, neurons_kept = [], []
+        for i, (ld, lp) in enumerate(zip(dense.model.layers, pr.model.layers)):
+            checks = {
+                "input_layernorm": torch.equal(ld.input_layernorm.weight[hid], lp.input_layernorm.weight),
+                "post_attention_layernorm": torch.equal(ld.post_attention_layernorm.weight[hid], lp.post_attention_layernorm.weight),
+                "k_proj(in)": torch.equal(ld.self_attn.k_proj.weight[:, hid], lp.self_attn.k_proj.weight),
+                "v_proj(in)": torch.equal(ld.self_attn.v_proj.weight[:, hid], lp.self_attn.v_proj.weight),
+            }
+            q_rows = match_cols(ld.self_attn.q_proj.weight[:, hid], lp.self_attn.q_proj.weight, 0)
+            n_rows = match_cols(ld.mlp.gate_proj.weight[:, hid], lp.mlp.gate_proj.weight, 0)
+            checks["q_proj rows found"] = q_rows is not None
+            checks["gate_proj rows found"] = n_rows is not None
+            if q_rows is not None:
+                checks["o_proj(out rows hid, in cols q)"] = torch.equal(ld.self_attn.o_proj.weight[hid][:, q_rows], lp.self_attn.o_proj.weight)
+            if n_rows is not None:
+                checks["up_proj"] = torch.equal(ld.mlp.up_proj.weight[n_rows][:, hid], lp.mlp.up_proj.weight)
+                checks["down_proj"] = torch.equal(ld.mlp.down_proj.weight[hid][:, n_rows], lp.mlp.down_proj.weight)
+            consistent = consistent and all(checks.values())
+            if not all(checks.values()):
+                print(json.dumps({"layer": i, "failed": [k for k, v in checks.items() if not v]}), flush=True)
+            heads_kept.append(q_rows)
+            neurons_kept.append(n_rows)
+        consistent = consistent and torch.equal(dense.model.norm.weight[hid], pr.model.norm.weight)
+        row = {"model_dir": str(d), "hidden_kept": len(hid) if hid else None, "structurally_consistent": consistent}
+        if consistent:
+            # (2) hidden channels only: slice the dense model's residual stream to the recipe's set
+            import copy
+            h = torch.tensor(hid)
+            m = copy.deepcopy(dense)
+            with torch.no_grad():
+                emb = torch.nn.Parameter(m.model.embed_tokens.weight[:, h].clone())
+                m.model.embed_tokens.weight = emb
+                m.lm_head.weight = emb
+                for lay in m.model.layers:
+                    for norm in (lay.input_layernorm, lay.post_attention_layernorm):
+                        norm.weight = torch.nn.Parameter(norm.weight[h].clone())
+                    for lin in (lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj, lay.mlp.gate_proj, lay.mlp.up_proj):
+                        lin.weight = torch.nn.Parameter(lin.weight[:, h].clone()); lin.in_features = len(hid)
+                    for lin in (lay.self_attn.o_proj, lay.mlp.down_proj):
+                        lin.weight = torch.nn.Parameter(lin.weight[h].clone()); lin.out_features = len(hid)
+                m.model.norm.weight = torch.nn.Parameter(m.model.norm.weight[h].clone())
+            hid_only = nll(m)
+            del m
+            # (3) heads + MLP neurons only (hidden kept): zero the removed q heads' o_proj columns and the removed
+            # neurons' down_proj columns == removing them
+            m = copy.deepcopy(dense)
+            with torch.no_grad():
+                for lay, q_rows, n_rows in zip(m.model.layers, heads_kept, neurons_kept):
+                    keep_q = torch.zeros(lay.self_attn.o_proj.in_features, dtype=torch.bool); keep_q[q_rows] = True
+                    lay.self_attn.o_proj.weight[:, ~keep_q] = 0
+                    keep_n = torch.zeros(lay.mlp.down_proj.in_features, dtype=torch.bool); keep_n[n_rows] = True
+                    lay.mlp.down_proj.weight[:, ~keep_n] = 0
+            width_only = nll(m)
+            del m
+            row.update({"ppl_ratio_recipe_hidden_only": math.exp(float(hid_only.mean() - base.mean())),
+                        "ppl_ratio_recipe_heads_and_mlp_only": math.exp(float(width_only.mean() - base.mean())),
+                        "full_recipe_ppl_ratio": math.exp(float(nll(pr).mean() - base.mean()))})
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    path = RECORDS_DIR / "diagnose.json"  # merged by model, so runs for different models can be separate
+    prev = [r for r in (json.loads(path.read_text()) if path.exists() else [])
+            if r["model_dir"] not in {o["model_dir"] for o in out}]
+    path.write_text(json.dumps(sorted(prev + out, key=lambda r: r["model_dir"]), indent=2) + "\n")
+
+
 def cmd_report(args) -> None:
     """Assemble eval/results/torch_pruning_smollm2.{json,md} from the records (no number typed here)."""
     def load(name):
@@ -683,6 +790,23 @@ def cmd_report(args) -> None:
         L += ["Cross-check, plain torch re-computation of the same windows inside the Torch-Pruning venv "
               f"(transformers {cross[0]['versions']['transformers']}): "
               + "; ".join(f"{Path(c['model_dir']).name} PPL ratio {c['ppl_ratio']:.4f}" for c in cross) + ".", ""]
+    diag = load("diagnose.json") or []
+    out["diagnose"] = diag
+    (RESULTS_DIR / "torch_pruning_smollm2.json").write_text(json.dumps(out, indent=2) + "\n")
+    if diag:
+        L += ["## Where the damage comes from (`diagnose`, Torch-Pruning venv, same windows)", "",
+              "The kept residual channels, query heads and MLP neurons were recovered from the saved weights "
+              "(bit-identical slices of the dense weights) and checked to be one consistent cut in every module. "
+              "Then the dense model was cut with only the recipe's hidden-size choice, or only its heads + MLP "
+              "neurons (removed heads / neurons masked exactly: their o_proj / down_proj columns zeroed).", "",
+              "| model | cut consistent | hidden kept | PPL ratio: hidden cut only | heads + MLP only | full recipe |",
+              "|---|---|---|---|---|---|"]
+        for r in diag:
+            f = lambda k: "" if r.get(k) is None else f"{r[k]:.1f}"
+            L.append(f"| {Path(r['model_dir']).name} | {r['structurally_consistent']} | {r['hidden_kept']} | "
+                     f"{f('ppl_ratio_recipe_hidden_only')} | {f('ppl_ratio_recipe_heads_and_mlp_only')} | "
+                     f"{f('full_recipe_ppl_ratio')} |")
+        L.append("")
     if probes:
         heads = sorted({(q["probe_ratio"], q["layer0"]["q_heads"]) for q in probes})
         L += ["Ratio probes (ratio: query heads kept per layer, achieved sparsity): "
@@ -722,11 +846,13 @@ def main(argv=None) -> None:
     e2.add_argument("models", nargs="+")
     e3 = sub.add_parser("reload-check")
     e3.add_argument("models", nargs="+")
+    e4 = sub.add_parser("diagnose")
+    e4.add_argument("models", nargs="+")
     sub.add_parser("report")
     args = ap.parse_args(argv)
     {"_graph": cmd_graph_worker, "timeout-check": cmd_timeout_check, "bisect": cmd_bisect, "prune": cmd_prune,
      "roundtrip": cmd_roundtrip, "evaluate": cmd_evaluate, "evaluate-tp": cmd_evaluate_tp,
-     "reload-check": cmd_reload_check, "report": cmd_report}[args.cmd](args)
+     "reload-check": cmd_reload_check, "diagnose": cmd_diagnose, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":
