@@ -461,6 +461,38 @@ def cmd_roundtrip(args) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def load_pruned_main_venv(d: Path):
+    """``from_pretrained`` when transformers accepts the saved config. transformers 5.x refuses a config
+    whose ``hidden_size`` is not a multiple of ``num_attention_heads`` (``validate_architecture``), even
+    with an explicit ``head_dim`` (Torch-Pruning's recipe gives e.g. hidden 404 with 6 heads); the stock
+    ``LlamaForCausalLM`` runs such a model fine. Then: build the config with the next valid hidden size,
+    set the saved one before building the model (5.x validates at construction only), and load the saved
+    safetensors with every key matched. Returns the model and how it was loaded."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval(), {"load": "from_pretrained"}
+    except Exception as e:  # noqa: BLE001
+        first = next((l for l in str(e).splitlines() if l.strip()), repr(e)).strip()
+        cause = next((l.strip() for l in str(e).splitlines() if "ValueError" in l), first)
+    raw = json.loads((d / "config.json").read_text())
+    hs, nh = raw["hidden_size"], raw["num_attention_heads"]
+    kw = {k: v for k, v in raw.items() if k not in ("architectures", "transformers_version", "_model_name_or_path")}
+    cfg = LlamaConfig(**dict(kw, hidden_size=hs + (-hs) % nh))
+    cfg.hidden_size = hs
+    model = LlamaForCausalLM(cfg)
+    sd = load_file(str(d / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    if unexpected or [k for k in missing if not (k == "lm_head.weight" and tied)]:
+        raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    return model.float().eval(), {"load": "config built with a valid hidden size, then set to the saved one; "
+                                          "safetensors loaded with all keys matched",
+                                  "from_pretrained_error": cause, "missing_keys_tied": list(missing)}
+
+
 def cmd_evaluate(args) -> None:
     import torch
     from safetensors.torch import save_file
@@ -478,7 +510,7 @@ def cmd_evaluate(args) -> None:
     dirs = [Path(d) for d in args.models]
     for d in dirs:
         t0 = time.perf_counter()
-        pruned = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+        pruned, how = load_pruned_main_venv(d)
         cmp = paired_comparison(dense, pruned, tokens)
         # Torch-Pruning unties lm_head from the embedding in memory (two pruned copies); the checkpoint is
         # saved with tie_word_embeddings, so the reload ties them again: check the copies were equal
@@ -495,8 +527,11 @@ def cmd_evaluate(args) -> None:
                "eval_params": prunable_params(pruned), "eval_total_params": distinct_params(pruned),
                "eval_lm_head_tied": pruned.lm_head.weight is pruned.model.embed_tokens.weight,
                "saved_lm_head_separately": lm_sep, "saved_lm_head_minus_embedding_maxabs": tie_diff,
-               "eval_wall_s": round(time.perf_counter() - t0, 1), "eval_versions": versions(), "prune": rec}
+               "eval_wall_s": round(time.perf_counter() - t0, 1), "eval_versions": versions(), "eval_load": how,
+               "prune": rec}
         rows.append(row)
+        RECORDS_DIR.mkdir(parents=True, exist_ok=True)
+        (RECORDS_DIR / "eval_records.json").write_text(json.dumps(rows, indent=2) + "\n")
         print(json.dumps({"model": d.name, "ppl_ratio": round(row["ppl_ratio"], 4),
                           "delta_nll_se": cmp.get("delta_nll_se"),
                           "achieved_sparsity": rec.get("achieved_sparsity"), "params": row["eval_total_params"]}),
@@ -506,6 +541,172 @@ def cmd_evaluate(args) -> None:
     (RECORDS_DIR / "eval_records.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def cmd_evaluate_tp(args) -> None:
+    """Cross-check in the Torch-Pruning venv: a plain torch re-computation of the same windows (the token set
+    saved by ``evaluate``), dense and pruned loaded by this (older) transformers; per-window mean NLL as
+    ``hf_prune.evaluate.window_nll`` (logits[:, :-1] against tokens[:, 1:], float64 mean per window)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"]
+
+    @torch.no_grad()
+    def nll(model):
+        out = []
+        for batch in tokens.split(16):
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            x = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
+                                                  reduction="none")
+            out.append(x.view(batch.size(0), -1).double().mean(dim=1))
+        return torch.cat(out)
+
+    dense = nll(load_model(MODEL_DIR))
+    rows = []
+    for d in [Path(x) for x in args.models]:
+        m = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+        b = nll(m)
+        diff = b - dense
+        row = {"model_dir": str(d), "dense_ppl": math.exp(float(dense.mean())), "pruned_ppl": math.exp(float(b.mean())),
+               "ppl_ratio": math.exp(float(b.mean()) - float(dense.mean())),
+               "delta_nll_se": float(diff.std(unbiased=True) / math.sqrt(diff.numel())), "versions": versions()}
+        rows.append(row)
+        print(json.dumps({"model": d.name, "ppl_ratio": round(row["ppl_ratio"], 4)}), flush=True)
+    (RECORDS_DIR / "eval_tp_venv_crosscheck.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def cmd_reload_check(args) -> None:
+    """Prune in memory at the recorded ratio and compare logits with the saved-and-reloaded model (TP venv),
+    on the first 4 windows of the saved token set: a save/reload bug would show here."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"][:4]
+    out = []
+    for d in [Path(x) for x in args.models]:
+        rec = json.loads((d / "tp_record.json").read_text())
+        mem, _ = prune_once(rec["pruning_ratio"])
+        disk = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+        with torch.no_grad():
+            a, b = mem(input_ids=tokens).logits, disk(input_ids=tokens).logits
+        r = {"model_dir": str(d), "pruning_ratio": rec["pruning_ratio"], "max_abs_logit_diff": float((a - b).abs().max()),
+             "in_memory_nll": float(torch.nn.functional.cross_entropy(a[:, :-1].reshape(-1, a.size(-1)), tokens[:, 1:].reshape(-1))),
+             "versions": versions()}
+        out.append(r)
+        print(json.dumps(r), flush=True)
+    (RECORDS_DIR / "reload_check.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+def cmd_diagnose(args) -> None:
+    """Why is the pruned model so bad? (TP venv) 1) Recover, from the weights, which residual (hidden)
+    channels every module of the saved model kept, and check they are the same set everywhere (a
+    structurally consistent cut). 2) Slice ONLY those hidden channels out of the dense model (all heads and
+    MLP neurons kept) and 3) only the recipe's heads + MLP neurons (hidden kept), and evaluate both on the
+    same windows: which part of the recipe's cut does the damage."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"]
+
+    @torch.no_grad()
+    def nll(model):
+        out = []
+        for batch in tokens.split(16):
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            x = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
+                                                  reduction="none")
+            out.append(x.view(batch.size(0), -1).double().mean(dim=1))
+        return torch.cat(out)
+
+    def match_cols(dense_w, pruned_w, dim):
+        """indices i of dense_w along dim such that pruned_w's slices equal them, in order"""
+        d = dense_w.movedim(dim, 0).reshape(dense_w.size(dim), -1)
+        p = pruned_w.movedim(dim, 0).reshape(pruned_w.size(dim), -1)
+        if d.size(1) != p.size(1):
+            return None
+        idx = torch.cdist(p.double(), d.double()).argmin(1)
+        exact = torch.equal(p, d[idx])  # the nearest dense slice must be bit-identical
+        return idx.tolist() if exact else None
+
+    dense = load_model(MODEL_DIR)
+    base = nll(dense)
+    out = []
+    for d in [Path(x) for x in args.models]:
+        pr = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+        sets = {"embed_tokens(cols)": match_cols(dense.model.embed_tokens.weight, pr.model.embed_tokens.weight, 1),
+                "final norm": None}
+        hid = sets["embed_tokens(cols)"]
+        consistent = hid is not None
+        heads_kept, neurons_kept = [], []
+        for i, (ld, lp) in enumerate(zip(dense.model.layers, pr.model.layers)):
+            checks = {
+                "input_layernorm": torch.equal(ld.input_layernorm.weight[hid], lp.input_layernorm.weight),
+                "post_attention_layernorm": torch.equal(ld.post_attention_layernorm.weight[hid], lp.post_attention_layernorm.weight),
+                "k_proj(in)": torch.equal(ld.self_attn.k_proj.weight[:, hid], lp.self_attn.k_proj.weight),
+                "v_proj(in)": torch.equal(ld.self_attn.v_proj.weight[:, hid], lp.self_attn.v_proj.weight),
+            }
+            q_rows = match_cols(ld.self_attn.q_proj.weight[:, hid], lp.self_attn.q_proj.weight, 0)
+            n_rows = match_cols(ld.mlp.gate_proj.weight[:, hid], lp.mlp.gate_proj.weight, 0)
+            checks["q_proj rows found"] = q_rows is not None
+            checks["gate_proj rows found"] = n_rows is not None
+            if q_rows is not None:
+                checks["o_proj(out rows hid, in cols q)"] = torch.equal(ld.self_attn.o_proj.weight[hid][:, q_rows], lp.self_attn.o_proj.weight)
+            if n_rows is not None:
+                checks["up_proj"] = torch.equal(ld.mlp.up_proj.weight[n_rows][:, hid], lp.mlp.up_proj.weight)
+                checks["down_proj"] = torch.equal(ld.mlp.down_proj.weight[hid][:, n_rows], lp.mlp.down_proj.weight)
+            consistent = consistent and all(checks.values())
+            if not all(checks.values()):
+                print(json.dumps({"layer": i, "failed": [k for k, v in checks.items() if not v]}), flush=True)
+            heads_kept.append(q_rows)
+            neurons_kept.append(n_rows)
+        consistent = consistent and torch.equal(dense.model.norm.weight[hid], pr.model.norm.weight)
+        row = {"model_dir": str(d), "hidden_kept": len(hid) if hid else None, "structurally_consistent": consistent}
+        if consistent:
+            # (2) hidden channels only: slice the dense model's residual stream to the recipe's set
+            import copy
+            h = torch.tensor(hid)
+            m = copy.deepcopy(dense)
+            with torch.no_grad():
+                emb = torch.nn.Parameter(m.model.embed_tokens.weight[:, h].clone())
+                m.model.embed_tokens.weight = emb
+                m.lm_head.weight = emb
+                for lay in m.model.layers:
+                    for norm in (lay.input_layernorm, lay.post_attention_layernorm):
+                        norm.weight = torch.nn.Parameter(norm.weight[h].clone())
+                    for lin in (lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj, lay.mlp.gate_proj, lay.mlp.up_proj):
+                        lin.weight = torch.nn.Parameter(lin.weight[:, h].clone()); lin.in_features = len(hid)
+                    for lin in (lay.self_attn.o_proj, lay.mlp.down_proj):
+                        lin.weight = torch.nn.Parameter(lin.weight[h].clone()); lin.out_features = len(hid)
+                m.model.norm.weight = torch.nn.Parameter(m.model.norm.weight[h].clone())
+            hid_only = nll(m)
+            del m
+            # (3) heads + MLP neurons only (hidden kept): zero the removed q heads' o_proj columns and the removed
+            # neurons' down_proj columns == removing them
+            m = copy.deepcopy(dense)
+            with torch.no_grad():
+                for lay, q_rows, n_rows in zip(m.model.layers, heads_kept, neurons_kept):
+                    keep_q = torch.zeros(lay.self_attn.o_proj.in_features, dtype=torch.bool); keep_q[q_rows] = True
+                    lay.self_attn.o_proj.weight[:, ~keep_q] = 0
+                    keep_n = torch.zeros(lay.mlp.down_proj.in_features, dtype=torch.bool); keep_n[n_rows] = True
+                    lay.mlp.down_proj.weight[:, ~keep_n] = 0
+            width_only = nll(m)
+            del m
+            row.update({"ppl_ratio_recipe_hidden_only": math.exp(float(hid_only.mean() - base.mean())),
+                        "ppl_ratio_recipe_heads_and_mlp_only": math.exp(float(width_only.mean() - base.mean())),
+                        "full_recipe_ppl_ratio": math.exp(float(nll(pr).mean() - base.mean()))})
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    path = RECORDS_DIR / "diagnose.json"  # merged by model, so runs for different models can be separate
+    prev = [r for r in (json.loads(path.read_text()) if path.exists() else [])
+            if r["model_dir"] not in {o["model_dir"] for o in out}]
+    path.write_text(json.dumps(sorted(prev + out, key=lambda r: r["model_dir"]), indent=2) + "\n")
+
+
 def cmd_report(args) -> None:
     """Assemble eval/results/torch_pruning_smollm2.{json,md} from the records (no number typed here)."""
     def load(name):
@@ -513,6 +714,11 @@ def cmd_report(args) -> None:
         return json.loads(p.read_text()) if p.exists() else None
 
     timeout5 = load("timeout_check_tf5.json")
+    cross = load("eval_tp_venv_crosscheck.json") or []
+    probes = []
+    p = RECORDS_DIR / "prune_log.jsonl"
+    if p.exists():
+        probes = [json.loads(l) for l in p.read_text().splitlines() if l.startswith('{"probe_ratio"')]
     bisect = load("bisect.json")
     evals = load("eval_records.json") or []
     roundtrip = [r for r in evals if "roundtrip" in r["model_dir"]]
@@ -522,7 +728,8 @@ def cmd_report(args) -> None:
                      "local, one ratio for hidden/MLP/heads, round_to=4; data-free (no calibration)",
            "eval": "hf_prune.evaluate.paired_comparison on fixed_token_set(test.jsonl, 32 windows x 256, seed 0)",
            "timeout_check_transformers5": timeout5, "transformers_bisect": bisect,
-           "roundtrip_dense_check": roundtrip, "budgets": budgets}
+           "roundtrip_dense_check": roundtrip, "budgets": budgets, "crosscheck_in_tp_venv": cross,
+           "ratio_probes": probes}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "torch_pruning_smollm2.json").write_text(json.dumps(out, indent=2) + "\n")
 
@@ -567,6 +774,44 @@ def cmd_report(args) -> None:
                      f"{r['dense_ppl']:.3f} | {r['pruned_ppl']:.3f} | {r['ppl_ratio']:.3f} | {r['delta_nll_se']:.4f} | "
                      f"{p['versions']['transformers']} | {p['prune_and_save_wall_s']} | {r['eval_wall_s']} |")
         L.append("")
+        L += [f"A uniform guess over the vocabulary (49152 tokens) has perplexity 49152; pruned perplexities above it: "
+              + ", ".join(f"{r['prune']['target_sparsity']:.0%}: {r['pruned_ppl'] > 49152}" for r in budgets) + ".", ""]
+        L += ["Parameters are counted after reload (tied embedding once). In memory, Torch-Pruning unties `lm_head` "
+              "from the embedding (two pruned copies); the saved copies are equal "
+              + ", ".join(f"(max abs diff {r['saved_lm_head_minus_embedding_maxabs']})" if r["saved_lm_head_separately"]
+                          else "(lm_head not saved separately)" for r in budgets)
+              + " and the reload ties them again.", ""]
+        odd = [r for r in budgets if r.get("eval_load", {}).get("load") != "from_pretrained"]
+        for r in odd:
+            L += [f"`{Path(r['model_dir']).name}`: transformers {r['eval_versions']['transformers']} refuses the saved config "
+                  f"(`{r['eval_load'].get('from_pretrained_error')}`) although `head_dim` is explicit; loaded as: "
+                  f"{r['eval_load']['load']}.", ""]
+    if cross:
+        L += ["Cross-check, plain torch re-computation of the same windows inside the Torch-Pruning venv "
+              f"(transformers {cross[0]['versions']['transformers']}): "
+              + "; ".join(f"{Path(c['model_dir']).name} PPL ratio {c['ppl_ratio']:.4f}" for c in cross) + ".", ""]
+    diag = load("diagnose.json") or []
+    out["diagnose"] = diag
+    (RESULTS_DIR / "torch_pruning_smollm2.json").write_text(json.dumps(out, indent=2) + "\n")
+    if diag:
+        L += ["## Where the damage comes from (`diagnose`, Torch-Pruning venv, same windows)", "",
+              "The kept residual channels, query heads and MLP neurons were recovered from the saved weights "
+              "(bit-identical slices of the dense weights) and checked to be one consistent cut in every module. "
+              "Then the dense model was cut with only the recipe's hidden-size choice, or only its heads + MLP "
+              "neurons (removed heads / neurons masked exactly: their o_proj / down_proj columns zeroed).", "",
+              "| model | cut consistent | hidden kept | PPL ratio: hidden cut only | heads + MLP only | full recipe |",
+              "|---|---|---|---|---|---|"]
+        for r in diag:
+            f = lambda k: "" if r.get(k) is None else f"{r[k]:.1f}"
+            L.append(f"| {Path(r['model_dir']).name} | {r['structurally_consistent']} | {r['hidden_kept']} | "
+                     f"{f('ppl_ratio_recipe_hidden_only')} | {f('ppl_ratio_recipe_heads_and_mlp_only')} | "
+                     f"{f('full_recipe_ppl_ratio')} |")
+        L.append("")
+    if probes:
+        heads = sorted({(q["probe_ratio"], q["layer0"]["q_heads"]) for q in probes})
+        L += ["Ratio probes (ratio: query heads kept per layer, achieved sparsity): "
+              + ", ".join(f"{q['probe_ratio']}: {q['layer0']['q_heads']}, {q['achieved_sparsity']:.3f}"
+                          for q in sorted(probes, key=lambda q: q["probe_ratio"])) + ".", ""]
     (RESULTS_DIR / "torch_pruning_smollm2.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
 
@@ -597,10 +842,17 @@ def main(argv=None) -> None:
     sub.add_parser("roundtrip")
     e = sub.add_parser("evaluate")
     e.add_argument("models", nargs="+")
+    e2 = sub.add_parser("evaluate-tp")
+    e2.add_argument("models", nargs="+")
+    e3 = sub.add_parser("reload-check")
+    e3.add_argument("models", nargs="+")
+    e4 = sub.add_parser("diagnose")
+    e4.add_argument("models", nargs="+")
     sub.add_parser("report")
     args = ap.parse_args(argv)
     {"_graph": cmd_graph_worker, "timeout-check": cmd_timeout_check, "bisect": cmd_bisect, "prune": cmd_prune,
-     "roundtrip": cmd_roundtrip, "evaluate": cmd_evaluate, "report": cmd_report}[args.cmd](args)
+     "roundtrip": cmd_roundtrip, "evaluate": cmd_evaluate, "evaluate-tp": cmd_evaluate_tp,
+     "reload-check": cmd_reload_check, "diagnose": cmd_diagnose, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":
