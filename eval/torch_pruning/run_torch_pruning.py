@@ -774,7 +774,7 @@ def cmd_report(args) -> None:
                      f"{r['dense_ppl']:.3f} | {r['pruned_ppl']:.3f} | {r['ppl_ratio']:.3f} | {r['delta_nll_se']:.4f} | "
                      f"{p['versions']['transformers']} | {p['prune_and_save_wall_s']} | {r['eval_wall_s']} |")
         L.append("")
-        L += [f"A uniform guess over the vocabulary (49152 tokens) has perplexity 49152; pruned perplexities above it: "
+        L += ["A uniform guess over the vocabulary (49152 tokens) has perplexity 49152; pruned perplexities above it: "
               + ", ".join(f"{r['prune']['target_sparsity']:.0%}: {r['pruned_ppl'] > 49152}" for r in budgets) + ".", ""]
         L += ["Parameters are counted after reload (tied embedding once). In memory, Torch-Pruning unties `lm_head` "
               "from the embedding (two pruned copies); the saved copies are equal "
@@ -808,7 +808,6 @@ def cmd_report(args) -> None:
                      f"{f('full_recipe_ppl_ratio')} |")
         L.append("")
     if probes:
-        heads = sorted({(q["probe_ratio"], q["layer0"]["q_heads"]) for q in probes})
         L += ["Ratio probes (ratio: query heads kept per layer, achieved sparsity): "
               + ", ".join(f"{q['probe_ratio']}: {q['layer0']['q_heads']}, {q['achieved_sparsity']:.3f}"
                           for q in sorted(probes, key=lambda q: q["probe_ratio"])) + ".", ""]
