@@ -541,6 +541,21 @@ def cmd_evaluate(args) -> None:
     (RECORDS_DIR / "eval_records.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def plain_window_nll(model, tokens):
+    """Per-window mean next-token NLL (float64), as ``hf_prune.evaluate.window_nll`` computes it; written out
+    here because hf_prune itself (transformers 5.x) cannot be imported in the Torch-Pruning venv."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for batch in tokens.split(16):
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            x = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
+                                                  reduction="none")
+            out.append(x.view(batch.size(0), -1).double().mean(dim=1))
+    return torch.cat(out)
+
+
 def cmd_evaluate_tp(args) -> None:
     """Cross-check in the Torch-Pruning venv: a plain torch re-computation of the same windows (the token set
     saved by ``evaluate``), dense and pruned loaded by this (older) transformers; per-window mean NLL as
@@ -552,21 +567,11 @@ def cmd_evaluate_tp(args) -> None:
     torch.set_num_threads(1)
     tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"]
 
-    @torch.no_grad()
-    def nll(model):
-        out = []
-        for batch in tokens.split(16):
-            logits = model(input_ids=batch).logits[:, :-1].float()
-            x = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
-                                                  reduction="none")
-            out.append(x.view(batch.size(0), -1).double().mean(dim=1))
-        return torch.cat(out)
-
-    dense = nll(load_model(MODEL_DIR))
+    dense = plain_window_nll(load_model(MODEL_DIR), tokens)
     rows = []
     for d in [Path(x) for x in args.models]:
         m = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
-        b = nll(m)
+        b = plain_window_nll(m, tokens)
         diff = b - dense
         row = {"model_dir": str(d), "dense_ppl": math.exp(float(dense.mean())), "pruned_ppl": math.exp(float(b.mean())),
                "ppl_ratio": math.exp(float(b.mean()) - float(dense.mean())),
@@ -613,16 +618,6 @@ def cmd_diagnose(args) -> None:
     torch.set_num_threads(1)
     tokens = load_file(str(OUT_ROOT / "token_set_test_32x256_seed0.safetensors"))["tokens"]
 
-    @torch.no_grad()
-    def nll(model):
-        out = []
-        for batch in tokens.split(16):
-            logits = model(input_ids=batch).logits[:, :-1].float()
-            x = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
-                                                  reduction="none")
-            out.append(x.view(batch.size(0), -1).double().mean(dim=1))
-        return torch.cat(out)
-
     def match_cols(dense_w, pruned_w, dim):
         """indices i of dense_w along dim such that pruned_w's slices equal them, in order"""
         d = dense_w.movedim(dim, 0).reshape(dense_w.size(dim), -1)
@@ -634,7 +629,7 @@ def cmd_diagnose(args) -> None:
         return idx.tolist() if exact else None
 
     dense = load_model(MODEL_DIR)
-    base = nll(dense)
+    base = plain_window_nll(dense, tokens)
     out = []
     for d in [Path(x) for x in args.models]:
         pr = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
@@ -683,7 +678,7 @@ def cmd_diagnose(args) -> None:
                     for lin in (lay.self_attn.o_proj, lay.mlp.down_proj):
                         lin.weight = torch.nn.Parameter(lin.weight[h].clone()); lin.out_features = len(hid)
                 m.model.norm.weight = torch.nn.Parameter(m.model.norm.weight[h].clone())
-            hid_only = nll(m)
+            hid_only = plain_window_nll(m, tokens)
             del m
             # (3) heads + MLP neurons only (hidden kept): zero the removed q heads' o_proj columns and the removed
             # neurons' down_proj columns == removing them
@@ -694,11 +689,11 @@ def cmd_diagnose(args) -> None:
                     lay.self_attn.o_proj.weight[:, ~keep_q] = 0
                     keep_n = torch.zeros(lay.mlp.down_proj.in_features, dtype=torch.bool); keep_n[n_rows] = True
                     lay.mlp.down_proj.weight[:, ~keep_n] = 0
-            width_only = nll(m)
+            width_only = plain_window_nll(m, tokens)
             del m
             row.update({"ppl_ratio_recipe_hidden_only": math.exp(float(hid_only.mean() - base.mean())),
                         "ppl_ratio_recipe_heads_and_mlp_only": math.exp(float(width_only.mean() - base.mean())),
-                        "full_recipe_ppl_ratio": math.exp(float(nll(pr).mean() - base.mean()))})
+                        "full_recipe_ppl_ratio": math.exp(float(plain_window_nll(pr, tokens).mean() - base.mean()))})
         out.append(row)
         print(json.dumps(row), flush=True)
     path = RECORDS_DIR / "diagnose.json"  # merged by model, so runs for different models can be separate
