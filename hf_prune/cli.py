@@ -210,7 +210,7 @@ def interrupted_message(argv: list[str], config: PruningConfig | None) -> str:
 
         step = saved_state_step(config.state_dir)
         if step is not None:
-            resume = argv if "--resume" in argv else [*argv, "--resume"]
+            resume = [arg for arg in argv if arg not in ("--resume", "--restart")] + ["--resume"]
             return (f"interrupted at step {step}; the Hyperflux state is saved in {config.state_dir}; "
                     f"resume with: {shlex.join(['hf-prune', *resume])}")
     return "interrupted; nothing was written"

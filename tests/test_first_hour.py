@@ -205,6 +205,19 @@ def test_ctrl_c_saves_the_state_and_prints_the_resume_command_and_rerun_must_cho
     assert (tmp_path / "out" / "config.json").exists() and not state.exists()
 
 
+def test_the_resume_command_continues_a_restarted_run(tmp_path):
+    from hf_prune.cli import build_prune_parser, interrupted_message, resolve_config
+
+    state = tmp_path / "out.hyperflux-state"
+    state.mkdir()
+    (state / "hyperflux_state.json").write_text(json.dumps({"step": 7}))
+    argv = ["--target", "hyperflux", "--restart", "--output", str(tmp_path / "out")]
+    config = resolve_config(build_prune_parser().parse_args(argv))
+    command = interrupted_message(argv, config).split("resume with: ", 1)[1]
+    assert shlex.split(command) == ["hf-prune", "--target", "hyperflux", "--output", str(tmp_path / "out"),
+                                    "--resume"]
+
+
 def test_ctrl_c_outside_gate_training_says_nothing_was_written(monkeypatch, capsys, tmp_path):
     from hf_prune import cli
 

@@ -145,12 +145,13 @@ def test_gates_find_the_groups_that_matter():
     assert abs(pressure_ticks[-1]["density"] - target) < 0.1, "the scheduler brought the density to the target"
 
 
-def run_toy(tmp_path, stop_at=None, resume=False):
+def run_toy(tmp_path, stop_at=None, resume=False, restart=False):
     model, scopes, costs = toy_problem()
     rows = self_generated_rows(model, rows=8, length=16)
     budget = 0.6 * sum(s.num_groups * costs[s.name] for s in scopes)
     options = HyperfluxOptions(steps=40, regrowth_steps=10, tick_every=5, gate_lr=0.02, batch_size=2,
-                               checkpoint_every=10, state_dir=str(tmp_path / "state"), resume=resume)
+                               checkpoint_every=10, state_dir=str(tmp_path / "state"), resume=resume,
+                               restart=restart)
     trainer = HyperfluxTrainer(model, scopes, costs, budget, rows, options)
 
     def interrupt(step):
@@ -171,6 +172,17 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
         assert torch.equal(resumed.logits[name], logits)
     assert resumed.trajectory == uninterrupted.trajectory
     assert not (tmp_path / "b" / "state").exists(), "a finished run leaves no state behind"
+
+
+def test_a_restarted_run_resumes_without_restart(tmp_path):
+    """--restart only says what to do with an old state: the run it starts resumes like any other."""
+    uninterrupted = run_toy(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run_toy(tmp_path / "b", stop_at=12)
+    with pytest.raises(KeyboardInterrupt):
+        run_toy(tmp_path / "b", stop_at=27, restart=True)  # discards the step-10 state, starts from step 0
+    resumed = run_toy(tmp_path / "b", resume=True)
+    assert resumed.plan == uninterrupted.plan and resumed.trajectory == uninterrupted.trajectory
 
 
 def test_resume_refuses_another_runs_state(tmp_path):

@@ -310,7 +310,8 @@ class HyperfluxTrainer:
     # -- resume ----------------------------------------------------------------------------
     def _fingerprint(self, input_ids: torch.Tensor) -> str:
         """Identifies the run (options that shape the result, calibration rows, gated scopes)."""
-        options = {k: v for k, v in vars(self.options).items() if k not in ("state_dir", "resume", "checkpoint_every")}
+        bookkeeping = ("state_dir", "resume", "restart", "checkpoint_every")  # say where the state is, not what it is
+        options = {k: v for k, v in vars(self.options).items() if k not in bookkeeping}
         digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
         digest.update(input_ids.numpy().tobytes())
         digest.update(json.dumps([(s.name, s.num_groups) for s in self.scopes]).encode())
