@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = [row for model in args.models for row in run_model(model, args)]
     markdown = render(rows, args)
     meta = {**vars(args), "seconds": time.perf_counter() - started, "machine": platform.platform(),
-            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "command": shlex.join(sys.argv)}
     meta["out_dir"] = str(meta["out_dir"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
