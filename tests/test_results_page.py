@@ -1,0 +1,31 @@
+"""eval/results_page.py: the reading under each table is computed from the recorded ratios."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
+import results_page  # noqa: E402
+
+
+def row(who, method, sparsity, ratio, se=0.01):
+    return {"model": "m", "who": who, "method": method, "sparsity": sparsity, "ratio": ratio, "delta_nll_se": se}
+
+
+def test_reading_compares_our_best_with_the_best_peer():
+    rows = [row("hf-prune", "ours A", 0.2, 1.5), row("hf-prune", "ours B", 0.2, 1.2),
+            row("peer", "FLAP", 0.2, 1.4), row("peer", "LLM-Pruner", 0.2, 1.3), row("floor", "random", 0.2, 1.01),
+            row("hf-prune", "ours A", 0.5, 3.0), row("peer", "FLAP", 0.5, 2.0),
+            {"model": "m", "who": "peer", "method": "FLAP", "sparsity": 0.35, "skipped": "budget"}]
+    lines = results_page.reading(rows)
+    assert len(lines) == 2, "a budget without both sides, and the random floor, are not compared"
+    assert "20%: hf-prune's best, ours B (1.200), beats the best peer, LLM-Pruner (1.300)" in lines[0]
+    assert "degradation ratio 0.67" in lines[0]
+    assert "50%: hf-prune's best, ours A (3.000), loses to the best peer, FLAP (2.000)" in lines[1]
+    assert "degradation ratio 2.00" in lines[1]
+
+
+def test_seeds_are_averaged_before_choosing():
+    rows = [row("hf-prune", "ours", 0.2, 1.1), row("hf-prune", "ours", 0.2, 1.5), row("peer", "FLAP", 0.2, 1.2)]
+    assert "ours (1.300), loses to the best peer, FLAP (1.200)" in results_page.reading(rows)[0]
