@@ -118,11 +118,7 @@ def build_prune_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> PruningConfig:
-    """Field defaults < recipe < explicit flags; an explicit --beta drops a recipe's sparsity and vice versa.
-
-    The embedded default model calibrates on the text shipped with it unless told otherwise, so every
-    target works right after install; any other model must be given text of its own domain.
-    """
+    """Field defaults < recipe < explicit flags; an explicit --beta drops a recipe's sparsity and vice versa."""
     names = {f.name for f in fields(PruningConfig)}
     explicit = {name: value for name, value in vars(args).items() if name in names}
     values = load_recipe(args.recipe) if args.recipe else {}
@@ -135,8 +131,6 @@ def resolve_config(args: argparse.Namespace) -> PruningConfig:
         values["sparsity"] = None
     if values.get("target") in LEARNED_TARGETS and not values.get("state_dir"):
         values["state_dir"] = str(Path(args.output).expanduser().resolve()) + ".hyperflux-state"
-    if args.model is None and values.get("calibration") is None:
-        values["calibration"] = BUILTIN
     return PruningConfig.from_dict(values)
 
 
@@ -163,8 +157,10 @@ def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
 
     state = process_state()
     console = Console(quiet=not state.is_main_process)
-    if not needs_calibration(config) and config.calibration == BUILTIN and args.model is None:
-        config.calibration = None  # a data-free run on the embedded default reads no text
+    if args.model is None and config.calibration is None and needs_calibration(config):
+        # the embedded default calibrates on the text shipped with it, so every target works right after
+        # install; any other model must be given text of its own domain
+        config.calibration = BUILTIN
     model_id = args.model or str(DEFAULT_MODEL_DIR)
     base_name = args.model or DEFAULT_MODEL_NAME
     quantize_bits = 4 if args.load_in_4bit else 8 if args.load_in_8bit else None

@@ -153,7 +153,7 @@ class PruningConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.sparsity is not None:
             if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
-                raise ConfigError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
+                raise ConfigError(f"sparsity must be a number in (0, 1), got {self.sparsity!r}")
             if not 0.0 <= float(self.sparsity) < 1.0:
                 raise ConfigError(
                     f"sparsity must be in (0, 1), got {self.sparsity}: it is the fraction of parameters to remove")

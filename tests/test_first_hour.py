@@ -61,6 +61,12 @@ def test_help_documents_verbs_defaults_and_tasks():
     assert "sequences per forward pass" in batch
 
 
+def test_eval_help_lists_the_tasks_evaluate_runs():
+    from hf_prune import eval_cli, evaluate
+
+    assert eval_cli.TASKS == evaluate.DEFAULT_TASKS, "eval_cli names them without importing evaluate (torch)"
+
+
 def test_version():
     result = hf_prune_cmd("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"hf-prune {hf_prune.__version__}"
