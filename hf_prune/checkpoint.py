@@ -23,7 +23,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .adapters import PrunableScope, check_supported
 from .errors import ModelLoadError, OutputDirError, first_line
-from .modeling import SHAPES_FIELD, pruned_classes_for
+from .modeling import REMOVED_FIELD, SHAPES_FIELD, pruned_classes_for
+from .modeling.modeling_hf_prune import RemovedSublayer
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ def linear_shapes(model: nn.Module, scopes: Iterable[PrunableScope]) -> dict[str
     return shapes
 
 
+def removed_sublayers(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Module path -> rebuild spec of every sublayer that surgery removed whole."""
+    return {path: module.spec() for path, module in model.named_modules() if isinstance(module, RemovedSublayer)}
+
+
 def as_pruned_model(model: PreTrainedModel, scopes: Iterable[PrunableScope], info: dict[str, Any]) -> PreTrainedModel:
     """Relabel an already sliced model as its family's pruned class, in place.
 
@@ -144,7 +150,8 @@ def as_pruned_model(model: PreTrainedModel, scopes: Iterable[PrunableScope], inf
     """
     config_cls, model_cls = pruned_classes_for(model.config.model_type)
     values = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", SHAPES_FIELD, "hf_prune"):
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", SHAPES_FIELD, REMOVED_FIELD,
+                "hf_prune"):
         values.pop(key, None)
     new_config = config_cls(**values)
     # Runtime state that to_dict() leaves out (e.g. the attention implementation chosen at load time).
@@ -152,6 +159,7 @@ def as_pruned_model(model: PreTrainedModel, scopes: Iterable[PrunableScope], inf
         if key.startswith("_") and key not in values:
             setattr(new_config, key, value)
     setattr(new_config, SHAPES_FIELD, linear_shapes(model, scopes))
+    setattr(new_config, REMOVED_FIELD, removed_sublayers(model) or None)
     new_config.hf_prune = info
     old_config = model.config
     for module in model.modules():

@@ -26,7 +26,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from . import __version__
-from .allocation import ALLOCATORS
+from .allocation import ALLOCATORS, PLANNERS
 from .config import COMPENSATION, GATE_INIT, LEARNED_TARGETS, UNITS, PruningConfig, load_recipe
 from .data import BUILTIN
 from .errors import HfPruneError
@@ -46,6 +46,7 @@ examples:
   hf-prune --sparsity 0.3 --output pruned/                 # the embedded default, shipped calibration text
   hf-prune --model meta-llama/Llama-3.1-8B --calibration Salesforce/wikitext --calibration-config \\
       wikitext-2-raw-v1 --sparsity 0.2 --output pruned/
+  hf-prune --target search --sparsity 0.35 --output pruned/   # measured costs; may remove whole sublayers
   hf-prune --recipe recipes/llama.yaml --model DIR --output pruned/
 
 exit status: 0 done, 2 bad input (one line names the problem and the fix), 130 interrupted (Ctrl-C).
@@ -53,7 +54,7 @@ exit status: 0 done, 2 bad input (one line names the problem and the fix), 130 i
 
 
 def _choices() -> dict[str, list[str]]:
-    return {"target": sorted([*ALLOCATORS, *LEARNED_TARGETS]), "importance": sorted(IMPORTANCE_REGISTRY),
+    return {"target": sorted([*ALLOCATORS, *PLANNERS]), "importance": sorted(IMPORTANCE_REGISTRY),
             "units": list(UNITS), "compensate": list(COMPENSATION), "gate_init": list(GATE_INIT)}
 
 

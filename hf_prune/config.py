@@ -26,13 +26,14 @@ logger = logging.getLogger(__name__)
 UNITS = ("all", "attention", "mlp")
 COMPENSATION = ("none", "bias")
 GATE_INIT = ("uniform", "scores")
-LEARNED_TARGETS = ("hyperflux",)  # targets that learn their plan instead of allocating from scores
+LEARNED_TARGETS = ("hyperflux",)  # targets that learn gates (resumable state, 4/8-bit bases)
 
 #: options that only mean something for some targets: giving them (a non-default value) with another
 #: target is an error rather than a silently ignored flag
 TARGET_ONLY_OPTIONS = {
     "beta": ("emp",),
-    "mlp_multiple": ("emp",),
+    "mlp_multiple": ("emp", "search"),
+    **{name: ("search",) for name in ("search_rows", "mlp_levels", "refine_rounds")},
     **{name: ("hyperflux",) for name in (
         "steps", "regrowth_steps", "tick_every", "gate_lr", "gate_init", "pressure_step", "pressure_exponent",
         "grad_accum", "checkpoint_every", "state_dir", "resume", "restart", "gradient_checkpointing")},
@@ -56,7 +57,9 @@ class PruningConfig:
         "how many groups each layer keeps: 'uniform' removes the same fraction of KV groups and MLP neurons "
         "in every layer; 'emp' keeps a number proportional to each layer's effective number of groups "
         "N_eff = (sum s)^2 / sum s^2 of its importance scores, scaled to meet --sparsity; 'hyperflux' learns "
-        "gates under a scheduled pressure on calibration text, then keeps exactly the budget"))
+        "gates under a scheduled pressure on calibration text, then keeps exactly the budget; 'search' measures "
+        "what cutting each attention / MLP to each width costs (KL on held-out calibration rows; width 0 "
+        "removes the whole sublayer) and solves for the budget"))
     sparsity: float | None = field(default=0.3, metadata=_help(
         "fraction of the prunable parameters (attention + MLP weights of all decoder layers) to remove, in "
         "[0, 1); the achieved figure differs only by rounding to whole groups"))
@@ -64,15 +67,24 @@ class PruningConfig:
         "per-group importance that picks which groups go: 'magnitude' (weight norms, data-free), 'activation' "
         "(Wanda-sp: ||X_j|| * ||W_:,j||), 'fluctuation' (FLAP: Var(X_j) * ||W_:,j||^2), 'taylor' (LLM-Pruner: "
         "|sum w * dL/dw|); all but magnitude read calibration text"))
-    units: str = field(default="mlp", metadata=_help(
+    units: str | None = field(default=None, metadata=_help(
         "which groups may be removed: 'all' (KV groups and MLP neurons), 'attention' (KV groups only) or "
-        "'mlp' (neurons only, the measured best at 20-35%: eval/results/defaults.md); the budget is always a share "
-        "of all prunable parameters"))
+        "'mlp' (neurons only, the measured best fixed rule at 20-35%: eval/results/defaults.md); the budget is "
+        "always a share of all prunable parameters",
+        default_help="'all' with --target search (it decides between kinds itself), 'mlp' otherwise"))
     beta: float | None = field(default=None, metadata=_help(
         "EMP only: use the paper's raw rule, keep floor(beta * N_eff) groups per layer, instead of solving "
         "beta for --sparsity (give one of the two)", default_help="none: beta is solved for --sparsity"))
     mlp_multiple: int = field(default=1, metadata=_help(
-        "EMP only: round each layer's MLP width to a multiple of this (e.g. 64 or 128 for fast GPU kernels)"))
+        "EMP and search: round each layer's MLP width to a multiple of this (e.g. 64 or 128 for fast GPU kernels)"))
+    search_rows: int = field(default=4, metadata=_help(
+        "search: calibration rows held out from scoring, on which the KL cost of every candidate is measured "
+        "(read in addition to --calibration-samples)"))
+    mlp_levels: int = field(default=8, metadata=_help(
+        "search: first grid of MLP widths, in steps of 1/mlp_levels of the neurons (refinement halves the step)"))
+    refine_rounds: int = field(default=2, metadata=_help(
+        "search: rounds of re-measuring costs around the current solution on a finer grid; a round that does "
+        "not lower the held-out KL is discarded and ends the search"))
     compensate: str = field(default="none", metadata=_help(
         "'bias' folds the calibration mean of every removed channel into the bias of o_proj / down_proj "
         "(FLAP's compensation; needs --calibration); 'none' just removes"))
@@ -124,14 +136,16 @@ class PruningConfig:
         self.validate()
 
     def validate(self) -> None:
-        from .allocation import ALLOCATORS
+        from .allocation import ALLOCATORS, PLANNERS
         from .importance import IMPORTANCE_REGISTRY
 
         def choose(name: str, value: Any, options) -> None:
             if value not in options:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(options))}")
 
-        choose("target", self.target, [*ALLOCATORS, *LEARNED_TARGETS])
+        choose("target", self.target, [*ALLOCATORS, *PLANNERS])
+        if self.units is None:
+            self.units = "all" if self.target == "search" else "mlp"
         choose("importance", self.importance, IMPORTANCE_REGISTRY)
         choose("units", self.units, UNITS)
         choose("compensate", self.compensate, COMPENSATION)
@@ -163,16 +177,24 @@ class PruningConfig:
             self.sparsity = float(self.sparsity)
         if self.resume and self.restart:
             raise ConfigError("give --resume (continue the saved Hyperflux state) or --restart (discard it), not both")
-        for name in ("mlp_multiple", "calibration_samples", "batch_size", "steps", "tick_every",
+        for name in ("mlp_multiple", "calibration_samples", "batch_size", "steps", "tick_every", "search_rows",
+                     "mlp_levels",
                      "grad_accum", "checkpoint_every", *(("seq_len",) if self.seq_len is not None else ())):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.regrowth_steps, bool) or not isinstance(self.regrowth_steps, int) or self.regrowth_steps < 0:
-            raise ConfigError(f"regrowth_steps must be a non-negative integer, got {self.regrowth_steps!r}")
+        for name in ("regrowth_steps", "refine_rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if self.target in LEARNED_TARGETS and self.steps < self.tick_every:
             raise ConfigError(f"steps ({self.steps}) must be at least tick_every ({self.tick_every}): the pressure "
                               "is updated every tick_every steps")
+
+    @property
+    def held_out_rows(self) -> int:
+        """Calibration rows read beyond --calibration-samples and kept out of the scores (search's cost rows)."""
+        return self.search_rows if self.target == "search" else 0
 
     def selects(self, kind: str) -> bool:
         """Whether groups of this scope kind ("attention" / "mlp") may be removed."""

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .adapters import PrunableScope, get_adapter
-from .allocation import ALLOCATORS, AllocationRequest, allocate_uniform
+from .allocation import ALLOCATORS, PLANNERS, AllocationRequest, allocate_uniform
 from .calibration import CalibrationSource, load_calibration
 from .checkpoint import as_pruned_model
 from .compensation import compensate
@@ -96,7 +96,7 @@ DEFAULT_SEQ_LEN = 512
 
 def needs_calibration(config: PruningConfig) -> bool:
     """Whether the run reads calibration text (data-driven scores, compensation or learned gates)."""
-    return config.target in LEARNED_TARGETS or bool(_needed_statistics(config))
+    return config.target in PLANNERS or bool(_needed_statistics(config))
 
 
 def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> torch.Tensor | None:
@@ -104,8 +104,8 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> 
     if not needs_calibration(config):
         return None
     if config.calibration is None:
-        learned = config.target in LEARNED_TARGETS
-        what = (f"target {config.target!r}" if learned else f"importance {config.importance!r}") + (
+        planned = config.target in PLANNERS
+        what = (f"target {config.target!r}" if planned else f"importance {config.importance!r}") + (
             " with --compensate bias" if config.compensate == "bias" else "")
         raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|DATASET (text "
                           f"of your model's domain), or '{BUILTIN}' for the small English sample shipped with hf-prune")
@@ -118,7 +118,8 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> 
         seq_len = limit
     source = CalibrationSource(config.calibration, config.calibration_config, config.calibration_split,
                                config.calibration_column)
-    return load_calibration(source, tokenizer, samples=config.calibration_samples, seq_len=seq_len, seed=config.seed)
+    return load_calibration(source, tokenizer, samples=config.calibration_samples + config.held_out_rows,
+                            seq_len=seq_len, seed=config.seed)
 
 
 def _needed_statistics(config: PruningConfig) -> set[str]:
@@ -167,7 +168,8 @@ def _layer_summaries(
         for scope in before:
             counts[scope.layer][f"{scope.kind}_uniform"] = uniform.get(scope.name, scope.num_groups)
     return [
-        LayerSummary(layer, c["attention_before"], c["attention_after"], c["mlp_before"], c["mlp_after"],
+        # a sublayer removed whole has no scope after the cut: it keeps 0 groups
+        LayerSummary(layer, c["attention_before"], c.get("attention_after", 0), c["mlp_before"], c.get("mlp_after", 0),
                      c.get("attention_uniform"), c.get("mlp_uniform"))
         for layer, c in sorted(counts.items())
     ]
@@ -196,10 +198,17 @@ def make_plan(
     """Score or learn, and allocate: which groups of every selected scope to keep. The model is unchanged.
 
     ``input_ids`` (``[samples, seq_len]``, see :func:`calibration_ids`) are needed by every criterion
-    but magnitude, by bias compensation and by Hyperflux. ``statistics`` already collected on this
-    (dense) model by :func:`collect_statistics` may be passed instead, to score once and prune at
-    several budgets.
+    but magnitude, by bias compensation and by the planners (Hyperflux, search). Their last
+    ``config.held_out_rows`` rows are kept out of the scores (the search measures costs on them).
+    ``statistics`` already collected on this (dense) model by :func:`collect_statistics` may be passed
+    instead, to score once and prune at several budgets.
     """
+    held_out_ids = None
+    if input_ids is not None and config.held_out_rows:
+        if input_ids.shape[0] <= config.held_out_rows:
+            raise ConfigError(f"{input_ids.shape[0]} calibration rows leave none for scoring after the "
+                              f"{config.held_out_rows} held-out rows; raise --calibration-samples")
+        input_ids, held_out_ids = input_ids[: -config.held_out_rows], input_ids[-config.held_out_rows:]
     scopes = get_adapter(model).scopes(model)
     params_per_group = {scope.name: scope.params_per_group(model) for scope in scopes}
     selected = [scope for scope in scopes if config.selects(scope.kind)]
@@ -207,7 +216,7 @@ def make_plan(
     request = AllocationRequest(
         scopes=selected, params_per_group=params_per_group,
         total_prunable=sum(scope.num_groups * params_per_group[scope.name] for scope in scopes),
-        sparsity=config.sparsity, beta=config.beta, mlp_multiple=config.mlp_multiple,
+        sparsity=config.sparsity, beta=config.beta, mlp_multiple=config.mlp_multiple, statistics=stats,
     )
     if config.target not in LEARNED_TARGETS or config.gate_init == "scores":
         importance = get_importance(config.importance)
@@ -215,8 +224,8 @@ def make_plan(
             scope.name: importance(model, scope, stats)
             for scope in tqdm(selected, desc=f"scoring ({config.importance})", unit="scope", leave=False)
         }
-    if config.target in LEARNED_TARGETS:
-        kept, details, trajectory = _learn_plan(model, request, config, input_ids)
+    if config.target in PLANNERS:
+        kept, details, trajectory = PLANNERS[config.target](model, request, config, input_ids, held_out_ids)
     else:
         allocation = ALLOCATORS[config.target](request)
         kept = {name: top_groups(request.scores[name], count) for name, count in allocation.kept.items()}
@@ -233,7 +242,7 @@ def apply_pruning(model: nn.Module, config: PruningConfig, plan: PruningPlan) ->
     prunable_before = prunable_parameters(model, scopes_before)
     if config.compensate == "bias":
         compensate(model, [s for s in scopes_before if s.name in plan.kept], plan.kept, plan.statistics)
-    apply_plan(model, scopes_before, plan.kept)
+    apply_plan(model, scopes_before, plan.kept, allow_empty=True)  # the plan's target chose any empty scope
 
     scopes_after = adapter.scopes(model)
     stats = plan.statistics
@@ -279,57 +288,6 @@ def prune(
     etc.), so ``save_pretrained`` writes a checkpoint that reloads with its new shapes.
     """
     return apply_pruning(model, config, make_plan(model, config, input_ids, statistics))
-
-
-def _learn_plan(
-    model: nn.Module, request: AllocationRequest, config: PruningConfig, input_ids: torch.Tensor | None
-) -> tuple[dict[str, list[int]], dict[str, Any], list[dict[str, Any]]]:
-    """Hyperflux: train gates on the calibration rows, project them onto exactly the budget."""
-    from .hyperflux import HyperfluxOptions, HyperfluxTrainer
-
-    if input_ids is None:
-        raise ConfigError(f"target {config.target!r} needs calibration token ids")
-    request.check_one_group_per_scope_fits()
-    budget = request.kept_budget
-    options = HyperfluxOptions(
-        steps=config.steps, regrowth_steps=config.regrowth_steps, tick_every=config.tick_every,
-        gate_lr=config.gate_lr, pressure_step=config.pressure_step, pressure_exponent=config.pressure_exponent,
-        grad_accum=config.grad_accum, batch_size=config.batch_size, checkpoint_every=config.checkpoint_every,
-        gate_init=config.gate_init, gradient_checkpointing=config.gradient_checkpointing, seed=config.seed,
-        state_dir=config.state_dir, resume=config.resume, restart=config.restart,
-    )
-    trainer = HyperfluxTrainer(model, request.scopes, request.params_per_group, budget, input_ids, options,
-                               scores=request.scores or None)
-    result = trainer.run()
-    target_density = budget / trainer.gates.total_cost
-    details = {"final_density_before_projection": result.final_density,
-               "target_density": target_density, "gate_seconds": result.seconds,
-               "ticks": len(result.trajectory), "calibration_rows": int(input_ids.shape[0]),
-               "processes": result.processes}
-    warning = gates_far_from_target(result.final_density, target_density)
-    if warning:
-        details["warning"] = warning
-        logger.warning(warning)
-    return result.plan, details, result.trajectory
-
-
-def gates_far_from_target(density: float, target: float) -> str | None:
-    """A warning when training ended far from the budget, so the projection, not the gates, made the plan.
-
-    ``density`` and ``target`` are open parameter shares. Within 20% of the share to be removed the
-    projection only trims; beyond that it decides most of the plan from gates that did not settle.
-    """
-    to_remove = 1.0 - target
-    closed = (1.0 - density) / to_remove if to_remove > 0 else 1.0
-    if closed < 0.8:
-        return (f"Hyperflux gates closed only {closed:.0%} of the budget before projection (open share "
-                f"{density:.3f}, target {target:.3f}): the plan comes mostly from the projection of barely trained "
-                "gates; raise --steps or --gate-lr")
-    if closed > 1.2:
-        return (f"Hyperflux gates closed {closed:.0%} of the budget before projection (open share {density:.3f}, "
-                f"target {target:.3f}): the projection reopened groups the gates had closed; raise --regrowth-steps "
-                "or lower --pressure-step")
-    return None
 
 
 def _uniform_for_comparison(request: AllocationRequest, config: PruningConfig) -> dict[str, int] | None:

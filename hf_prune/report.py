@@ -68,6 +68,15 @@ def summary_lines(report: PruningReport) -> list[str]:
                      "projected onto exactly the budget")
         if a.get("warning"):
             lines.append(f"WARNING: {a['warning']}")
+    if "search_kl" in report.allocation:
+        a = report.allocation
+        kept_rounds = f"{a['rounds_kept']} refinement round(s) kept" if a["rounds"][1:] else "no refinement"
+        lines.append(f"search: held-out KL {a['search_kl']:.4f} nats/token on {a['held_out_rows']} held-out rows; "
+                     f"{len(a['rounds'])} solve(s), {kept_rounds}; {a['search_seconds']:.1f}s")
+    removed = [f"layer {row.layer} {kind}" for row in report.layers for kind, after in
+               (("attention", row.kv_groups_after), ("MLP", row.neurons_after)) if after == 0]
+    if removed:
+        lines.append(f"whole sublayers removed: {', '.join(removed)}")
     if report.calibration_tokens:
         lines.append(f"calibration: {report.calibration_tokens:,} tokens over {report.calibration_processes} "
                      f"process(es) in {report.calibration_seconds:.1f}s (importance {report.config['importance']}, "
@@ -119,7 +128,7 @@ tags: [hf-prune, pruned, structured-pruning]
 # Structurally pruned {base_model}
 
 Pruned with hf-prune ({options}). Whole KV groups (a key/value head with its query heads) and MLP
-neurons were removed, so the weights are physically smaller.
+neurons were removed (a layer at 0 lost that whole sublayer), so the weights are physically smaller.
 
 {bullets}
 
@@ -179,7 +188,7 @@ def write_run_artifacts(report: PruningReport, base_model: str, directory: Path)
     (directory / "hf_prune_report.json").write_text(json.dumps(
         {key: value for key, value in report.to_dict().items() if key != "plan"}, indent=2))
     save_allocation_plot(report, directory / "allocation.png")
-    if report.trajectory:
+    if report.trajectory and report.config["target"] in LEARNED_TARGETS:
         names, sizes = zip(*report.pruned_scopes)
         write_trajectory(report.trajectory, names, sizes, directory)
     if report.scores:

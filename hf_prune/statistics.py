@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from accelerate.utils import reduce
@@ -76,6 +77,9 @@ class CalibrationStatistics:
     tokens: int = 0
     seconds: float = 0.0
     processes: int = 1  # how many processes shared the calibration rows
+    #: measurements a planner derived from this same dense model (e.g. the search's first table of costs, which
+    #: does not depend on the budget), kept so that pruning at several budgets measures them once
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def reduce_across_processes(self) -> None:
         """Sum every statistic over the processes of a distributed run (no-op with one process)."""

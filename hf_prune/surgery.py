@@ -2,7 +2,9 @@
 
 A plan maps a scope name to the sorted indices of the groups to *keep*. Each Linear that a scope
 cuts is replaced by a smaller ``nn.Linear`` holding the kept slices (biases follow their rows; a
-consumer's bias is kept whole, since it is added after the sum over the removed inputs).
+consumer's bias is kept whole, since it is added after the sum over the removed inputs). A scope that
+keeps nothing, where that is allowed, loses its whole sublayer: a stand-in that adds only the
+consumer's bias takes its place (no zero-width Linear: attention cannot reshape zero heads).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .adapters import ROWS, LinearSlice, PrunableScope
 from .errors import BudgetError
+from .modeling.modeling_hf_prune import RemovedAttention, RemovedMLP, RemovedSublayer
 
 
 def block_indices(groups: Sequence[int], block: int, device: torch.device | None = None) -> torch.Tensor:
@@ -44,11 +47,18 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_path), child, module)
 
 
-def prune_scope(model: nn.Module, scope: PrunableScope, keep: Sequence[int]) -> None:
-    """Keep only the groups ``keep`` of ``scope`` in every Linear the scope cuts."""
+def prune_scope(model: nn.Module, scope: PrunableScope, keep: Sequence[int], *, allow_empty: bool = False) -> None:
+    """Keep only the groups ``keep`` of ``scope`` in every Linear the scope cuts.
+
+    An empty ``keep`` removes the whole sublayer, only with ``allow_empty`` (a plan from a target that
+    chose it); otherwise it is refused as the mistake it usually is.
+    """
     keep = sorted(set(int(g) for g in keep))
     if not keep:
-        raise BudgetError(f"{scope.name}: refusing to remove every {scope.unit}; a layer must keep at least one")
+        if not allow_empty:
+            raise BudgetError(f"{scope.name}: refusing to remove every {scope.unit}; a layer must keep at least one")
+        _replace(model, scope.sublayer, removed_sublayer_for(model, scope))
+        return
     if keep[0] < 0 or keep[-1] >= scope.num_groups:
         raise IndexError(f"{scope.name}: group index out of range 0..{scope.num_groups - 1}: {keep}")
     if len(keep) == scope.num_groups:
@@ -59,11 +69,29 @@ def prune_scope(model: nn.Module, scope: PrunableScope, keep: Sequence[int]) -> 
         _replace(model, piece.path, slice_linear(linear, piece.dim, block_indices(keep, piece.block)))
 
 
-def apply_plan(model: nn.Module, scopes: Iterable[PrunableScope], plan: Mapping[str, Sequence[int]]) -> None:
+def removed_sublayer_for(model: nn.Module, scope: PrunableScope) -> RemovedSublayer:
+    """The stand-in for ``scope``'s sublayer once every group is gone: it keeps the consumer's bias."""
+    consumer = model.get_submodule(scope.consumer.path)
+    weight, bias = consumer.weight, consumer.bias
+    options = {"device": weight.device, "dtype": weight.dtype}
+    if scope.kind == "attention":
+        stand_in: RemovedSublayer = RemovedAttention(consumer.out_features, bias is not None,
+                                                     getattr(model.get_submodule(scope.sublayer), "layer_idx", scope.layer),
+                                                     **options)
+    else:
+        stand_in = RemovedMLP(consumer.out_features, bias is not None, **options)
+    if bias is not None:
+        with torch.no_grad():
+            stand_in.bias.copy_(bias.detach())
+    return stand_in
+
+
+def apply_plan(model: nn.Module, scopes: Iterable[PrunableScope], plan: Mapping[str, Sequence[int]],
+               *, allow_empty: bool = False) -> None:
     """Apply a whole plan (scope name -> kept groups); scopes not in the plan stay as they are."""
     scopes = [scope for scope in scopes if scope.name in plan]
     for scope in tqdm(scopes, desc="surgery", unit="scope", leave=False):
-        prune_scope(model, scope, plan[scope.name])
+        prune_scope(model, scope, plan[scope.name], allow_empty=allow_empty)
 
 
 def ensure_bias(model: nn.Module, path: str) -> nn.Linear:

@@ -36,7 +36,8 @@ class PrunableScope:
 
     ``consumer`` is the slice whose *input* carries the groups' outputs (``o_proj`` for attention,
     ``down_proj`` for the MLP): zeroing its input block of a group is exactly removing the group,
-    which is what masks and gates do, and where activation statistics are taken.
+    which is what masks and gates do, and where activation statistics are taken. ``sublayer`` is the
+    module (``self_attn`` / ``mlp``) that surgery replaces by a stand-in when every group is removed.
     """
 
     layer: int
@@ -45,6 +46,7 @@ class PrunableScope:
     producers: tuple[LinearSlice, ...]
     consumer: LinearSlice
     unit: str  # what one group is called in reports: "kv_group", "neuron"
+    sublayer: str = ""  # module path of the whole attention / MLP sublayer
 
     @property
     def name(self) -> str:
@@ -77,8 +79,16 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def scopes(self, model: nn.Module) -> list[PrunableScope]:
-        """Every prunable scope of ``model``, attention before MLP within a layer, layers in order."""
+        """Every prunable scope of ``model``, attention before MLP within a layer, layers in order.
+
+        A sublayer already removed whole (a :class:`~hf_prune.modeling.RemovedSublayer`) has no scope.
+        """
 
     @abstractmethod
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The decoder layers in order (layer-by-layer calibration runs them one at a time)."""
+
+    @abstractmethod
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from the last decoder layer's output (final norm, then the LM head), so a
+        search can run the model from any layer on cached inputs."""

@@ -11,8 +11,10 @@ and need no change.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from ..modeling.modeling_hf_prune import RemovedSublayer
 from .base import COLUMNS, ROWS, LinearSlice, ModelAdapter, PrunableScope
 
 
@@ -22,12 +24,17 @@ class LlamaLayoutAdapter(ModelAdapter):
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
 
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return model.lm_head(model.model.norm(hidden))
+
     def scopes(self, model: nn.Module) -> list[PrunableScope]:
         scopes: list[PrunableScope] = []
         for index, layer in enumerate(self.decoder_layers(model)):
             prefix = f"model.layers.{index}"
-            scopes.append(self._attention_scope(index, prefix, layer.self_attn))
-            scopes.append(self._mlp_scope(index, prefix, layer.mlp))
+            if not isinstance(layer.self_attn, RemovedSublayer):
+                scopes.append(self._attention_scope(index, prefix, layer.self_attn))
+            if not isinstance(layer.mlp, RemovedSublayer):
+                scopes.append(self._mlp_scope(index, prefix, layer.mlp))
         return scopes
 
     @staticmethod
@@ -47,6 +54,7 @@ class LlamaLayoutAdapter(ModelAdapter):
             ),
             consumer=LinearSlice(f"{attn}.o_proj", COLUMNS, query_block),
             unit="kv_group",
+            sublayer=attn,
         )
 
     @staticmethod
@@ -59,4 +67,5 @@ class LlamaLayoutAdapter(ModelAdapter):
             producers=(LinearSlice(f"{path}.gate_proj", ROWS, 1), LinearSlice(f"{path}.up_proj", ROWS, 1)),
             consumer=LinearSlice(f"{path}.down_proj", COLUMNS, 1),
             unit="neuron",
+            sublayer=path,
         )

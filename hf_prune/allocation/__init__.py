@@ -1,4 +1,5 @@
-"""Allocators: scores + budget -> how many groups each scope keeps. Registered by target name.
+"""Targets, registered by name. Allocators: scores + budget -> how many groups each scope keeps. Planners:
+targets that decide on the model itself (Hyperflux's gates, the search's measured costs).
 
 The modules are imported on first use (see :mod:`hf_prune.registry`), so naming the targets costs
 no torch import.
@@ -17,6 +18,13 @@ ALLOCATORS: Registry = Registry("target", __name__, {
     "emp": ".emp:allocate_emp",
 })
 
+#: target name -> planner ``(model, request, config, calibration_ids, held_out_ids) -> (kept, details,
+#: trajectory)``: targets that decide on the model itself (learned gates, measured costs), not from scores alone
+PLANNERS: Registry = Registry("target", "hf_prune", {
+    "hyperflux": ".hyperflux.planner:plan_with_gates",
+    "search": ".search.planner:plan_by_search",
+})
+
 _EXPORTS = {"Allocation": ".base", "AllocationRequest": ".base", "allocate_emp": ".emp",
             "effective_count": ".emp", "allocate_uniform": ".uniform"}
 
@@ -27,4 +35,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ALLOCATORS", *_EXPORTS]
+__all__ = ["ALLOCATORS", "PLANNERS", *_EXPORTS]

@@ -11,6 +11,7 @@ import torch
 
 from ..adapters import PrunableScope
 from ..errors import BudgetError
+from ..statistics import CalibrationStatistics
 
 
 @dataclass
@@ -22,6 +23,7 @@ class AllocationRequest:
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # scope name -> float64 scores
     beta: float | None = None
     mlp_multiple: int = 1
+    statistics: CalibrationStatistics | None = None  # what the scores came from; planners may cache in it
 
     @property
     def selected_params(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .modeling_hf_prune import PRUNED_CLASSES, SHAPES_FIELD, resize_linear_modules
+from .modeling_hf_prune import PRUNED_CLASSES, REMOVED_FIELD, SHAPES_FIELD, RemovedSublayer, resize_linear_modules
 
 
 def _register() -> None:
@@ -32,4 +32,5 @@ def pruned_classes_for(model_type: str) -> tuple[type, type]:
 
 _register()
 
-__all__ = ["PRUNED_CLASSES", "SHAPES_FIELD", "pruned_classes_for", "resize_linear_modules"]
+__all__ = ["PRUNED_CLASSES", "REMOVED_FIELD", "SHAPES_FIELD", "RemovedSublayer", "pruned_classes_for",
+           "resize_linear_modules"]

@@ -2,8 +2,10 @@
 
 A structurally pruned checkpoint has Linear layers whose shapes differ from layer to layer, which no
 decoder config of transformers can express. Each class here is a thin subclass of the family's own
-config / causal-LM class that adds one field, ``pruned_linear_shapes`` (module path ->
-``[out_features, in_features, has_bias]``), and rebuilds those Linear modules in ``post_init`` —
+config / causal-LM class that adds two fields, ``pruned_linear_shapes`` (module path ->
+``[out_features, in_features, has_bias]``) and ``pruned_removed_sublayers`` (module path of an attention
+or MLP sublayer that lost every group -> how to rebuild its stand-in), and rebuilds those modules in
+``post_init`` —
 *before* ``from_pretrained`` loads the weights (the model is still a skeleton on the meta device then),
 so ``device_map="auto"``, offloading and any dtype keep working and no weight is ever loaded at the
 wrong shape.
@@ -18,6 +20,7 @@ cut; this file only reproduces the resulting shapes.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import (
     LlamaConfig,
@@ -31,6 +34,83 @@ from transformers import (
 )
 
 SHAPES_FIELD = "pruned_linear_shapes"
+REMOVED_FIELD = "pruned_removed_sublayers"
+
+
+class RemovedSublayer(nn.Module):
+    """Stands in for an attention or MLP sublayer whose every group was pruned.
+
+    What such a sublayer adds to the residual stream is its output projection's bias (zero when it has
+    none, as in Llama; a compensated bias when FLAP-style compensation folded the removed channels' mean
+    into it), so that is exactly what this module returns: the masked model (all groups zeroed) and the
+    cut model stay identical.
+    """
+
+    def __init__(self, hidden_size: int, has_bias: bool, device=None, dtype=None):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype)) if has_bias else None
+
+    def residual_update(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.zeros_like(hidden_states)
+        return self.bias.to(hidden_states.dtype).expand_as(hidden_states).clone()
+
+    def spec(self) -> dict:
+        """What ``post_init`` needs to rebuild this module from the config."""
+        return {"kind": self.kind, "hidden_size": self.hidden_size, "has_bias": self.bias is not None}
+
+
+class RemovedMLP(RemovedSublayer):
+    kind = "mlp"
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.residual_update(hidden_states)
+
+
+class RemovedAttention(RemovedSublayer):
+    """A removed attention sublayer that still advances the KV cache.
+
+    A cache reports its length from layer 0 (``get_seq_length``), and generation positions every new token
+    from it, so even a layer without attention must record that tokens went by. It stores one key and
+    value of width 1 per token (zeros): the smallest entry every cache class counts.
+    """
+
+    kind = "attention"
+
+    def __init__(self, hidden_size: int, has_bias: bool, layer_idx: int, device=None, dtype=None):
+        super().__init__(hidden_size, has_bias, device=device, dtype=dtype)
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: torch.Tensor, *args, cache=None, past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        if cache is not None:
+            batch, length = hidden_states.shape[:2]
+            placeholder = hidden_states.new_zeros(batch, 1, length, 1)
+            cache.update(placeholder, placeholder, self.layer_idx)
+        return self.residual_update(hidden_states), None
+
+    def spec(self) -> dict:
+        return {**super().spec(), "layer_idx": self.layer_idx}
+
+
+def removed_sublayer(spec: dict, device=None, dtype=None) -> RemovedSublayer:
+    """The stand-in module that ``spec`` (from :meth:`RemovedSublayer.spec`) describes."""
+    if spec["kind"] == "attention":
+        return RemovedAttention(spec["hidden_size"], spec["has_bias"], spec["layer_idx"], device=device, dtype=dtype)
+    if spec["kind"] == "mlp":
+        return RemovedMLP(spec["hidden_size"], spec["has_bias"], device=device, dtype=dtype)
+    raise ValueError(f"unknown removed sublayer kind {spec['kind']!r}")
+
+
+def replace_removed_sublayers(model: nn.Module, removed: dict[str, dict] | None) -> None:
+    """Put a stand-in at each recorded path, on the device and dtype of the model's other weights there."""
+    for path, spec in (removed or {}).items():
+        parent_path, _, child_name = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        reference = next(getattr(parent, child_name).parameters(), None)
+        device, dtype = (reference.device, reference.dtype) if reference is not None else (None, None)
+        setattr(parent, child_name, removed_sublayer(spec, device=device, dtype=dtype))
 
 
 def resize_linear_modules(model: nn.Module, shapes: dict[str, list[int]] | None) -> None:
@@ -54,9 +134,10 @@ def resize_linear_modules(model: nn.Module, shapes: dict[str, list[int]] | None)
 
 
 class PrunedShapesMixin:
-    """Rebuild pruned Linear shapes before the parent's ``post_init`` (weight init, tying, plans)."""
+    """Rebuild pruned shapes and removed sublayers before the parent's ``post_init`` (init, tying, plans)."""
 
     def post_init(self) -> None:
+        replace_removed_sublayers(self, getattr(self.config, REMOVED_FIELD, None))
         resize_linear_modules(self, getattr(self.config, SHAPES_FIELD, None))
         super().post_init()
 
@@ -64,24 +145,28 @@ class PrunedShapesMixin:
 class PrunedLlamaConfig(LlamaConfig):
     model_type = "hf_prune_llama"
     pruned_linear_shapes: dict | None = None
+    pruned_removed_sublayers: dict | None = None
     hf_prune: dict | None = None
 
 
 class PrunedMistralConfig(MistralConfig):
     model_type = "hf_prune_mistral"
     pruned_linear_shapes: dict | None = None
+    pruned_removed_sublayers: dict | None = None
     hf_prune: dict | None = None
 
 
 class PrunedQwen2Config(Qwen2Config):
     model_type = "hf_prune_qwen2"
     pruned_linear_shapes: dict | None = None
+    pruned_removed_sublayers: dict | None = None
     hf_prune: dict | None = None
 
 
 class PrunedQwen3Config(Qwen3Config):
     model_type = "hf_prune_qwen3"
     pruned_linear_shapes: dict | None = None
+    pruned_removed_sublayers: dict | None = None
     hf_prune: dict | None = None
 
 

@@ -1,0 +1,194 @@
+"""``--target search``: measure what each cut costs, solve for the budget, refine around the solution.
+
+1. **Candidates.** Every selected scope may keep one of a grid of group counts: the MLP in steps of
+   ``1 / mlp_levels`` of its neurons, attention every KV-group count — both down to **0, the whole
+   sublayer removed**. Which groups a count keeps comes from the importance scores.
+2. **Measured cost.** For every (scope, count), the KL divergence of the next-token distribution from
+   the dense model's when only that scope is cut, on held-out calibration rows
+   (:class:`~hf_prune.search.costs.CostMeter`).
+3. **Solve.** One count per scope, least total cost, at least the budget removed: an exact
+   multiple-choice knapsack (:mod:`~hf_prune.search.knapsack`); the surplus that rounding to the grid
+   leaves is given back group by group where it costs least, so the budget is met within one group.
+4. **Refine.** Costs interact, so they are measured again *around the current solution* on a grid twice
+   as fine, the knapsack is solved on those changes, and the result is kept only if the whole plan's KL
+   on the held-out rows went down (coarse to fine, as Týr-the-Pruner, arXiv 2503.09657).
+
+Nothing here knows a module name: scopes, masks and the adapter's ``logits`` are all it uses.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters import PrunableScope, get_adapter
+from ..allocation import AllocationRequest
+from ..errors import BudgetError, ConfigError
+from .costs import CostMeter
+from .knapsack import Option, solve
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScopeChoices:
+    """The counts measured for one scope and what each costs (count -> cost), around some plan."""
+
+    scope: PrunableScope
+    params_per_group: int
+    costs: dict[int, float]
+
+    def options(self) -> list[Option]:
+        return [Option(kept, (self.scope.num_groups - kept) * self.params_per_group, cost)
+                for kept, cost in sorted(self.costs.items())]
+
+
+def coarse_counts(scope: PrunableScope, mlp_levels: int, multiple: int) -> list[int]:
+    """The first grid: every KV-group count; MLP widths in steps of 1/mlp_levels (multiples of ``multiple``)."""
+    if scope.kind == "attention" or scope.num_groups <= mlp_levels:
+        return list(range(scope.num_groups + 1))
+    counts = {min(scope.num_groups, multiple * round(scope.num_groups * k / mlp_levels / multiple))
+              for k in range(mlp_levels + 1)}
+    return sorted(counts | {scope.num_groups})
+
+
+def finer_counts(scope: PrunableScope, current: int, step: float, multiple: int) -> list[int]:
+    """Counts around ``current``: one and two ``step``s either way (attention: one group either way)."""
+    if scope.kind == "attention" or step < 1:
+        offsets = [-1, 1] if scope.kind == "attention" else [-2, -1, 1, 2]
+        candidates = {current + offset for offset in offsets}
+    else:
+        candidates = {current + multiple * round(offset * step / multiple) for offset in (-2, -1, 1, 2)}
+    return sorted(c for c in candidates | {current} if 0 <= c <= scope.num_groups)
+
+
+def keep_top(scores: torch.Tensor, count: int, device: torch.device) -> torch.Tensor:
+    """0/1 mask keeping the ``count`` best-scored groups (ties to the lower index, as the cut does)."""
+    mask = torch.zeros(scores.numel(), device=device)
+    if count:
+        mask[torch.sort(scores, descending=True, stable=True).indices[:count].to(device)] = 1.0
+    return mask
+
+
+def give_back_surplus(choices: list[ScopeChoices], counts: dict[str, int], surplus: int) -> dict[str, int]:
+    """Re-add groups while the removal exceeds the target by at least one group: each time the group whose
+    (linearly interpolated) cost saving per parameter is largest, never past the next measured count."""
+    counts = dict(counts)
+    heap: list[tuple[float, str]] = []
+    by_name = {choice.scope.name: choice for choice in choices}
+
+    def push(name: str) -> None:
+        choice, kept = by_name[name], counts[name]
+        higher = [c for c in choice.costs if c > kept]
+        if not higher:
+            return
+        upper = min(higher)
+        lower = max(c for c in choice.costs if c <= kept)
+        slope = (choice.costs[lower] - choice.costs[upper]) / (upper - lower)  # cost saved per group re-added
+        heapq.heappush(heap, (-slope / choice.params_per_group, name))
+
+    for name in counts:
+        push(name)
+    while heap:
+        _, name = heapq.heappop(heap)
+        if by_name[name].params_per_group > surplus:
+            continue
+        counts[name] += 1
+        surplus -= by_name[name].params_per_group
+        push(name)
+    return counts
+
+
+def solve_counts(choices: list[ScopeChoices], target_removed: int) -> dict[str, int]:
+    """Knapsack over the measured options, then the rounding surplus given back."""
+    picked = solve([choice.options() for choice in choices], target_removed)
+    counts, removed = {}, 0
+    for choice, index in zip(choices, picked):
+        option = choice.options()[index]
+        counts[choice.scope.name] = option.kept
+        removed += option.removed
+    return give_back_surplus(choices, counts, removed - target_removed)
+
+
+def plan_by_search(
+    model: nn.Module, request: AllocationRequest, config: Any, input_ids: torch.Tensor | None,
+    held_out_ids: torch.Tensor | None,
+) -> tuple[dict[str, list[int]], dict[str, Any], list[dict[str, Any]]]:
+    """The planner registered as ``--target search`` (see the module docstring)."""
+    if held_out_ids is None or not len(held_out_ids):
+        raise ConfigError("target 'search' needs held-out calibration rows to measure costs on")
+    if request.sparsity is None:
+        raise ConfigError("target 'search' needs a sparsity")
+    if not request.scores:
+        raise ConfigError("target 'search' needs importance scores to order the groups within a scope")
+    started = time.perf_counter()
+    adapter = get_adapter(model)
+    target_removed = round(request.sparsity * request.total_prunable)
+    if request.selected_params < target_removed:
+        raise BudgetError(f"sparsity {request.sparsity:g} is more than the selected units hold; {request.remedy()}")
+    device = next(model.parameters()).device
+    scores = request.scores
+    multiple = max(1, request.mlp_multiple)
+
+    def mask(scope: PrunableScope, count: int) -> torch.Tensor:
+        return keep_top(scores[scope.name], count, device)
+
+    trajectory: list[dict[str, Any]] = []
+    was_training = model.training
+    model.eval()
+    with CostMeter(model, adapter, adapter.scopes(model), held_out_ids, config.batch_size) as meter:
+        meter.set_base({})
+        requests = [(scope, count, mask(scope, count)) for scope in request.scopes
+                    for count in coarse_counts(scope, config.mlp_levels, multiple) if count < scope.num_groups]
+        # the first table does not depend on the budget: measured once per statistics object, so pruning
+        # one scored model at several budgets (make_plan(..., statistics=...)) pays for it once
+        cache = request.statistics.derived if request.statistics is not None else {}
+        key = ("search-costs", config.importance, config.mlp_levels, multiple,
+               tuple(scope.name for scope in request.scopes), hash(held_out_ids.cpu().numpy().tobytes()))
+        if key not in cache:
+            cache[key] = meter.measure(requests, "search: measuring costs")
+        measured = cache[key]
+        choices = _choices(request, requests, measured, base={s.name: s.num_groups for s in request.scopes})
+        counts = solve_counts(choices, target_removed)
+        kl = meter.set_base({name: mask(meter.scopes[name], count) for name, count in counts.items()})
+        trajectory.append({"round": 0, "kl": kl, "candidates": len(requests), "accepted": True})
+        logger.info("search: first solution KL %.4f from %d measured candidates", kl, len(requests))
+        step = {s.name: s.num_groups / config.mlp_levels for s in request.scopes}
+        for round_index in range(1, config.refine_rounds + 1):
+            step = {name: value / 2 for name, value in step.items()}
+            requests = [(scope, count, mask(scope, count)) for scope in request.scopes
+                        for count in finer_counts(scope, counts[scope.name], step[scope.name], multiple)
+                        if count != counts[scope.name]]
+            measured = meter.measure(requests, f"search: refining ({round_index}/{config.refine_rounds})")
+            candidate = solve_counts(_choices(request, requests, measured, base=counts), target_removed)
+            new_kl = meter.set_base({name: mask(meter.scopes[name], count) for name, count in candidate.items()})
+            accepted = new_kl < kl
+            trajectory.append({"round": round_index, "kl": new_kl, "candidates": len(requests), "accepted": accepted})
+            logger.info("search: round %d KL %.4f (%s)", round_index, new_kl, "kept" if accepted else "rejected")
+            if not accepted:
+                break
+            counts, kl = candidate, new_kl
+        layer_passes = meter.layer_passes
+    model.train(was_training)
+    kept = {scope.name: sorted(torch.nonzero(mask(scope, counts[scope.name])).flatten().tolist())
+            for scope in request.scopes}
+    details = {
+        "search_kl": kl, "search_seconds": time.perf_counter() - started, "held_out_rows": int(held_out_ids.shape[0]),
+        "layer_passes": layer_passes, "rounds_kept": sum(1 for t in trajectory[1:] if t["accepted"]),
+        "removed_sublayers": sorted(name for name, groups in kept.items() if not groups), "rounds": trajectory,
+    }
+    return kept, details, []  # the rounds are in the details; a trajectory is Hyperflux's per-tick record
+
+
+def _choices(request: AllocationRequest, requests, measured: list[float], base: dict[str, int]) -> list[ScopeChoices]:
+    """Per scope: the base count at cost 0 plus every measured count at its cost."""
+    table = {scope.name: {base[scope.name]: 0.0} for scope in request.scopes}
+    for (scope, count, _), cost in zip(requests, measured):
+        table[scope.name][count] = cost
+    return [ScopeChoices(scope, request.params_per_group[scope.name], table[scope.name]) for scope in request.scopes]

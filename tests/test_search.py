@@ -1,0 +1,151 @@
+"""``--target search``: the knapsack is exact, the budget is met within one group, measured costs find a
+sublayer that does nothing and remove it whole, refinement never keeps a worse plan, and the command writes
+a checkpoint that reloads."""
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_prune import PruningConfig
+from hf_prune.adapters import get_adapter
+from hf_prune.cli import main
+from hf_prune.errors import BudgetError, ConfigError
+from hf_prune.masks import GroupMasks, keep_masks
+from hf_prune.modeling import RemovedSublayer
+from hf_prune.pruner import apply_pruning, make_plan
+from hf_prune.search.knapsack import Option, solve
+from hf_prune.search.planner import ScopeChoices, coarse_counts, finer_counts, give_back_surplus
+
+from .conftest import make_model
+
+
+def brute_force(options, target):
+    feasible = [picks for picks in itertools.product(*(range(len(c)) for c in options))
+                if sum(c[i].removed for c, i in zip(options, picks)) >= target]
+    return min(sum(c[i].cost for c, i in zip(options, picks)) for picks in feasible)
+
+
+def test_knapsack_is_exact_against_brute_force():
+    rng = random.Random(0)
+    for _ in range(150):
+        options = [[Option(k, rng.randint(0, 40) * 7, rng.random()) for k in range(rng.randint(1, 4))]
+                   for _ in range(rng.randint(1, 4))]
+        target = rng.randint(1, sum(max(o.removed for o in c) for c in options) or 1)
+        if sum(max(o.removed for o in c) for c in options) < target:
+            continue
+        picks = solve(options, target, resolution=target)  # one bin per parameter: exact
+        assert sum(c[i].removed for c, i in zip(options, picks)) >= target
+        assert sum(c[i].cost for c, i in zip(options, picks)) == pytest.approx(brute_force(options, target))
+
+
+def test_knapsack_with_coarse_bins_still_meets_the_target():
+    rng = random.Random(1)
+    options = [[Option(k, (10 - k) * 997, (10 - k) ** 2 * rng.random()) for k in range(11)] for _ in range(20)]
+    picks = solve(options, 100_003, resolution=64)
+    assert sum(c[i].removed for c, i in zip(options, picks)) >= 100_003
+
+
+def test_knapsack_refuses_a_budget_the_candidates_cannot_meet():
+    with pytest.raises(BudgetError, match="at most 10"):
+        solve([[Option(1, 0, 0.0), Option(0, 10, 1.0)]], 11)
+
+
+def test_surplus_goes_back_where_it_saves_most_until_less_than_one_group():
+    scope = make_model("llama")  # only for real PrunableScope objects
+    mlp0, mlp1 = [s for s in get_adapter(scope).scopes(scope) if s.kind == "mlp"][:2]
+    cheap = ScopeChoices(mlp0, 10, {0: 5.0, 32: 0.0})  # re-adding a group saves 5/32 per group
+    dear = ScopeChoices(mlp1, 10, {0: 50.0, 32: 0.0})  # saves 50/32: it gets the groups first
+    counts = give_back_surplus([cheap, dear], {mlp0.name: 0, mlp1.name: 0}, surplus=405)
+    assert counts == {mlp0.name: 8, mlp1.name: 32}  # 32 groups to the dear scope, then 8 of the rest, 5 left
+
+
+def test_candidate_counts():
+    model = make_model("llama")
+    attention, mlp = get_adapter(model).scopes(model)[:2]  # 4 KV groups, 96 neurons
+    assert coarse_counts(attention, 8, 1) == [0, 1, 2, 3, 4]
+    assert coarse_counts(mlp, 8, 1) == list(range(0, 97, 12))
+    assert coarse_counts(mlp, 8, 32) == [0, 32, 64, 96]  # 12-neuron steps rounded to multiples of 32
+    assert finer_counts(mlp, 48, 6.0, 1) == [36, 42, 48, 54, 60]
+    assert finer_counts(mlp, 95, 6.0, 1) == [83, 89, 95]
+    assert finer_counts(attention, 0, 6.0, 1) == [0, 1]
+
+
+@pytest.fixture
+def calibration():
+    return torch.randint(0, 200, (6, 32), generator=torch.Generator().manual_seed(2))
+
+
+def search_config(**overrides):
+    values = dict(target="search", sparsity=0.3, calibration="given", search_rows=2, mlp_levels=4, refine_rounds=1)
+    values.update(overrides)
+    return PruningConfig(**values)
+
+
+def test_search_meets_the_budget_within_one_group(calibration):
+    model = make_model("qwen2")
+    plan = make_plan(model, search_config(), input_ids=calibration)
+    scopes = get_adapter(model).scopes(model)
+    per_group = {s.name: s.params_per_group(model) for s in scopes}
+    total = sum(s.num_groups * per_group[s.name] for s in scopes)
+    removed = sum((s.num_groups - len(plan.kept[s.name])) * per_group[s.name] for s in scopes)
+    assert 0 <= removed - round(0.3 * total) < max(per_group.values())
+    rounds = plan.details["rounds"]
+    assert rounds[0]["accepted"] and plan.details["held_out_rows"] == 2
+    accepted = [r["kl"] for r in rounds if r["accepted"]]
+    assert accepted == sorted(accepted, reverse=True)  # a kept round lowered the KL
+    assert plan.details["search_kl"] == pytest.approx(accepted[-1])
+
+
+def test_search_removes_a_sublayer_that_does_nothing(calibration):
+    """Layer 1's attention writes nothing (o_proj is zero): its measured cost is 0, so at a budget of exactly
+    its size the search removes it whole rather than thin anything useful; the cut model equals the masked one."""
+    model = make_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+    scopes = get_adapter(model).scopes(model)
+    size = {s.name: s.num_groups * s.params_per_group(model) for s in scopes}
+    config = search_config(sparsity=size["layers.1.attention"] / sum(size.values()))
+    plan = make_plan(model, config, input_ids=calibration)
+    assert plan.kept["layers.1.attention"] == []
+    assert all(len(kept) == next(s.num_groups for s in scopes if s.name == name)
+               for name, kept in plan.kept.items() if name != "layers.1.attention")
+    with torch.no_grad(), GroupMasks(model, scopes, keep_masks(scopes, plan.kept)):
+        expected = model(calibration).logits
+    report = apply_pruning(model, config, plan)
+    assert isinstance(model.model.layers[1].self_attn, RemovedSublayer)
+    assert report.layers[1].kv_groups_after == 0
+    with torch.no_grad():
+        assert torch.allclose(model(calibration).logits, expected, atol=1e-5)
+
+
+def test_search_with_units_mlp_keeps_attention(calibration):
+    model = make_model("mistral")
+    plan = make_plan(model, search_config(units="mlp"), input_ids=calibration)
+    assert all(name.endswith(".mlp") for name in plan.kept)
+
+
+def test_search_options_and_their_errors():
+    assert PruningConfig(target="search").units == "all" and PruningConfig().units == "mlp"
+    assert PruningConfig(target="search").held_out_rows == 4 and PruningConfig().held_out_rows == 0
+    with pytest.raises(ConfigError, match="search only"):
+        PruningConfig(mlp_levels=4)
+    with pytest.raises(ConfigError, match="refine_rounds must be a non-negative integer"):
+        PruningConfig(target="search", refine_rounds=-1)
+    with pytest.raises(ConfigError, match="none for scoring"):
+        make_plan(make_model("llama"), search_config(search_rows=6), input_ids=torch.zeros(6, 8, dtype=torch.long))
+
+
+def test_search_from_the_command_line_reloads(capsys, tmp_path):
+    out = tmp_path / "out"
+    code = main(["--target", "search", "--sparsity", "0.35", "--mlp-levels", "4", "--refine-rounds", "1",
+                 "--calibration-samples", "8", "--seq-len", "64", "--output", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "search: held-out KL" in stdout
+    report = json.loads((out / "hf_prune_report.json").read_text())
+    assert report["allocation"]["rounds"] and abs(report["achieved_sparsity"] - 0.35) < 0.01
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"]
