@@ -85,6 +85,11 @@ def test_controller_raises_pressure_above_the_curve_and_lowers_it_below():
     scheduler.tick(density=1.0)
     assert scheduler.state.gamma == pytest.approx(0.15 + 0.15 + 0.15 / 4)  # step plus growing integral
     assert scheduler.pressure == pytest.approx(scheduler.state.gamma**2)
+    wound_up = scheduler.state.gamma
+    scheduler.tick(density=0.0)  # the error changed sign: anti-windup halves gamma before the step down
+    assert scheduler.state.gamma == pytest.approx(wound_up / 2 - 0.15)
+    scheduler.tick(density=0.0)  # still below: an ordinary step (plus integral), no second halving
+    assert scheduler.state.gamma == pytest.approx(max(0.0, wound_up / 2 - 0.15 - 0.15 - 0.15 / 4))
     for _ in range(10):
         scheduler.tick(density=0.0)
     assert scheduler.state.gamma == 0.0  # clipped at zero

@@ -3,10 +3,19 @@
 The target remaining fraction follows R(t) = Π_{τ=1..t} d(τ) with
 d(τ) = d₀ + (0.999 − d₀)·σ(a/T · (τ − T/2)): large removals early (d small), then a gentle approach
 (d → 0.999); d₀ is found by bisection so that R(T) is the target density. At every tick the
-controller compares the measured density with R(t): above it, the pressure grows by a step plus an
+controller compares the density with R(t): above it, the pressure grows by a step plus an
 accelerating integral term (I⁺ += s/4); below it, it shrinks the same way (I⁻), clipped at zero. The
 applied pressure is γ^k: the exponent lets γ reach the scale of a model's gradients in few ticks
 (the official code uses the same multiplier). Constants default to the paper's.
+
+One change to the paper's controller, against overshoot: gates answer the pressure with a lag (Adam's
+momentum; logits must travel to 0), so by the time the density crosses the curve γ has wound up, and
+unwinding it by steps let the density fall far past the target (5M reference model, 100 + 20 steps:
+0.61 for a target of 0.80, 0.32 for 0.50). Anti-windup: when the error changes sign from "too dense"
+to "too sparse", γ is halved at once (then 0.75 and 0.37; perplexity after projection unchanged within
+noise: 1.046 / 1.114 / 1.299 vs 1.039 / 1.116 / 1.304 at 20 / 35 / 50%). Steering by the predicted
+density (the last change extrapolated) tracked the curve closer still but ended above the target, and
+the projection then cut by barely trained logits: 1.473 at 35%, so it is not done.
 """
 
 from __future__ import annotations
@@ -87,6 +96,8 @@ class PressureScheduler:
             state.integral_up += self.step / 4
             state.integral_down = 0.0
         else:
+            if state.integral_up > 0:  # the error just changed sign: release the pressure built meanwhile
+                state.gamma /= 2
             state.gamma = max(0.0, state.gamma - self.step - state.integral_down)
             state.integral_down += self.step / 4
             state.integral_up = 0.0
