@@ -29,3 +29,10 @@ def test_reading_compares_our_best_with_the_best_peer():
 def test_seeds_are_averaged_before_choosing():
     rows = [row("hf-prune", "ours", 0.2, 1.1), row("hf-prune", "ours", 0.2, 1.5), row("peer", "FLAP", 0.2, 1.2)]
     assert "ours (1.300), loses to the best peer, FLAP (1.200)" in results_page.reading(rows)[0]
+
+
+def test_the_search_is_read_against_the_best_other_method():
+    rows = [row("hf-prune", "search (activation)", 0.2, 1.1), row("hf-prune", "uniform", 0.2, 1.3),
+            row("peer", "FLAP", 0.2, 1.2), row("floor", "random", 0.2, 1.05)]
+    lines = results_page.reading(rows)
+    assert "the search (1.100) against the best other method, FLAP (1.200): degradation ratio 0.50" in lines[1]
