@@ -24,7 +24,7 @@ from .errors import ConfigError, first_line
 logger = logging.getLogger(__name__)
 
 UNITS = ("all", "attention", "mlp")
-COMPENSATION = ("none", "bias")
+COMPENSATION = ("none", "bias", "lstsq")
 GATE_INIT = ("uniform", "scores")
 LEARNED_TARGETS = ("hyperflux",)  # targets that learn gates (resumable state, 4/8-bit bases)
 
@@ -87,7 +87,9 @@ class PruningConfig:
         "not lower the held-out KL is discarded and ends the search"))
     compensate: str = field(default="none", metadata=_help(
         "'bias' folds the calibration mean of every removed channel into the bias of o_proj / down_proj "
-        "(FLAP's compensation; needs --calibration); 'none' just removes"))
+        "(FLAP's compensation); 'lstsq' refits the kept columns and a bias of o_proj / down_proj by least squares "
+        "to the dense output on calibration text (holds a d x d matrix per layer while calibrating); 'none' just "
+        "removes. Both read --calibration"))
     calibration: str | None = field(default=None, metadata=_help(
         "calibration text: a local .txt/.jsonl file, a datasets name, 'builtin' (a small public-domain English "
         "sample shipped with hf-prune) or 'reference' (train split of the corpus scripts/prepare_corpus.py builds)",

@@ -106,7 +106,7 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> 
     if config.calibration is None:
         planned = config.target in PLANNERS
         what = (f"target {config.target!r}" if planned else f"importance {config.importance!r}") + (
-            " with --compensate bias" if config.compensate == "bias" else "")
+            f" with --compensate {config.compensate}" if config.compensate != "none" else "")
         raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|DATASET (text "
                           f"of your model's domain), or '{BUILTIN}' for the small English sample shipped with hf-prune")
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -125,7 +125,7 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> 
 def _needed_statistics(config: PruningConfig) -> set[str]:
     scored = config.target not in LEARNED_TARGETS or config.gate_init == "scores"
     needed = set(get_importance(config.importance).requires) if scored else set()
-    if config.compensate == "bias":
+    if config.compensate != "none":
         needed.add(CHANNELS)
     return needed
 
@@ -146,6 +146,7 @@ def collect_statistics(
         collect_channel_statistics(
             model, scopes, input_ids, batch_size=config.batch_size, sequential=config.sequential,
             layers=adapter.decoder_layers(model) if config.sequential else None, stats=stats,
+            gram=config.compensate == "lstsq",
         )
     if GRADIENTS in needed:
         tokens_before = stats.tokens
@@ -240,8 +241,9 @@ def apply_pruning(model: nn.Module, config: PruningConfig, plan: PruningPlan) ->
     scopes_before = adapter.scopes(model)
     params_before = count_parameters(model)
     prunable_before = prunable_parameters(model, scopes_before)
-    if config.compensate == "bias":
-        compensate(model, [s for s in scopes_before if s.name in plan.kept], plan.kept, plan.statistics)
+    if config.compensate != "none":
+        compensate(model, [s for s in scopes_before if s.name in plan.kept], plan.kept, plan.statistics,
+                   method=config.compensate)
     apply_plan(model, scopes_before, plan.kept, allow_empty=True)  # the plan's target chose any empty scope
 
     scopes_after = adapter.scopes(model)

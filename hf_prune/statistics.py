@@ -42,17 +42,21 @@ class ChannelStatistics:
     count: torch.Tensor  # scalar, number of tokens
     total: torch.Tensor  # [channels] Σ x
     total_sq: torch.Tensor  # [channels] Σ x²
+    #: [channels, channels] Σ x xᵀ, only when least-squares compensation needs it (channels² float64s)
+    gram: torch.Tensor | None = None
 
     @classmethod
-    def zeros(cls, channels: int) -> "ChannelStatistics":
+    def zeros(cls, channels: int, gram: bool = False) -> "ChannelStatistics":
         zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
-        return cls(zero(()), zero(channels), zero(channels))
+        return cls(zero(()), zero(channels), zero(channels), zero(channels, channels) if gram else None)
 
     def update(self, hidden: torch.Tensor) -> None:
         flat = hidden.detach().reshape(-1, hidden.shape[-1]).to(torch.float64)
         self.count += flat.shape[0]
         self.total += flat.sum(dim=0).cpu()
         self.total_sq += flat.pow(2).sum(dim=0).cpu()
+        if self.gram is not None:
+            self.gram += (flat.T @ flat).cpu()
 
     @property
     def norm(self) -> torch.Tensor:
@@ -89,8 +93,9 @@ class CalibrationStatistics:
             return
         device = state.device
         for stats in self.channels.values():
-            for name in ("count", "total", "total_sq"):
-                setattr(stats, name, reduce(getattr(stats, name).to(device), reduction="sum").cpu())
+            for name in ("count", "total", "total_sq", "gram"):
+                if getattr(stats, name) is not None:
+                    setattr(stats, name, reduce(getattr(stats, name).to(device), reduction="sum").cpu())
         for name, value in self.taylor.items():
             self.taylor[name] = reduce(value.to(device), reduction="sum").cpu()
         tokens = reduce(torch.tensor(float(self.tokens), dtype=torch.float64, device=device), reduction="sum")
@@ -110,11 +115,12 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _record_channels(model: nn.Module, scopes: Sequence[PrunableScope], stats: CalibrationStatistics):
+def _record_channels(model: nn.Module, scopes: Sequence[PrunableScope], stats: CalibrationStatistics,
+                     gram: bool = False):
     handles = []
     for scope in scopes:
         consumer = model.get_submodule(scope.consumer.path)
-        channel_stats = stats.channels.setdefault(scope.name, ChannelStatistics.zeros(consumer.in_features))
+        channel_stats = stats.channels.setdefault(scope.name, ChannelStatistics.zeros(consumer.in_features, gram))
         handles.append(consumer.register_forward_pre_hook(lambda module, args, s=channel_stats: s.update(args[0])))
     return handles
 
@@ -129,13 +135,15 @@ def collect_channel_statistics(
     sequential: bool = False,
     layers: nn.ModuleList | None = None,
     stats: CalibrationStatistics | None = None,
+    gram: bool = False,
 ) -> CalibrationStatistics:
-    """Channel statistics of every scope over this process's share of ``input_ids``."""
+    """Channel statistics of every scope over this process's share of ``input_ids``; with ``gram`` also
+    each consumer input's second-moment matrix (for least-squares compensation)."""
     stats = stats or CalibrationStatistics()
     started = time.perf_counter()
     mine = shard_for_this_process(input_ids)
     batches = list(mine.split(batch_size))
-    handles = _record_channels(model, scopes, stats)
+    handles = _record_channels(model, scopes, stats, gram)
     try:
         if sequential:
             if layers is None:

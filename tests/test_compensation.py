@@ -1,12 +1,14 @@
-"""Bias compensation: folding removed channels' means into the consumer's bias reduces the error of the
-pruned layer on calibration data, and the model with the new bias saves and reloads."""
+"""Compensation: folding removed channels' means into the consumer's bias (FLAP), or refitting the kept
+columns by least squares, reduces the error of the pruned layer on calibration data, and the model with
+the new weights saves and reloads."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from hf_prune import PruningConfig, prune, save_pruned
 from hf_prune.adapters import get_adapter
-from hf_prune.compensation import fold_removed_means
+from hf_prune.compensation import compensate, fold_removed_means
 from hf_prune.statistics import collect_channel_statistics
 from hf_prune.surgery import prune_scope
 
@@ -54,5 +56,70 @@ def test_compensated_model_saves_and_reloads_with_its_new_biases(tmp_path):
         logits = model(rows).logits
     path = save_pruned(model, None, tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(rows).logits, logits)
+
+
+def layer_inputs(model, scope, rows):
+    consumer = model.get_submodule(scope.consumer.path)
+    inputs = []
+    handle = consumer.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
+    with torch.no_grad():
+        model(rows)
+    handle.remove()
+    return torch.cat(inputs).reshape(-1, consumer.in_features)
+
+
+def test_least_squares_absorbs_removed_neurons_that_copy_kept_ones():
+    """Neurons 48-95 of layer 0 compute exactly what neurons 0-47 compute: the least-squares refit moves their
+    down_proj columns onto the kept copies, so the cut layer's output barely changes, where a plain cut and
+    the bias fold lose half of it."""
+    model = make_model("llama")
+    mlp = model.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[48:] = mlp.gate_proj.weight[:48]
+        mlp.up_proj.weight[48:] = mlp.up_proj.weight[:48]
+    scope = [s for s in get_adapter(model).scopes(model) if s.name == "layers.0.mlp"][0]
+    rows = torch.randint(0, COMMON["vocab_size"], (6, 24), generator=torch.Generator().manual_seed(4))
+    stats = collect_channel_statistics(model, [scope], rows, gram=True)
+    x = layer_inputs(model, scope, rows)
+    with torch.no_grad():
+        expected = mlp.down_proj(x)
+    keep = list(range(48))
+    errors = {}
+    for method in ("none", "bias", "lstsq"):
+        copy = make_model("llama")
+        copy.load_state_dict(model.state_dict())
+        if method != "none":
+            compensate(copy, [scope], {scope.name: keep}, stats, method=method)
+        prune_scope(copy, scope, keep)
+        with torch.no_grad():
+            errors[method] = float((copy.model.layers[0].mlp.down_proj(x[:, :48]) - expected).pow(2).mean())
+    assert errors["lstsq"] < 0.05 * errors["none"], errors  # the 1% ridge keeps it from exactly 0
+    assert errors["lstsq"] < errors["bias"] < errors["none"], errors
+
+
+def test_least_squares_keeps_everything_when_nothing_is_removed_and_needs_second_moments():
+    model = make_model("qwen2")
+    scope = get_adapter(model).scopes(model)[1]
+    rows = torch.randint(0, COMMON["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(5))
+    before = model.get_submodule(scope.consumer.path).weight.clone()
+    compensate(model, [scope], {scope.name: list(range(scope.num_groups))},
+               collect_channel_statistics(model, [scope], rows, gram=True), method="lstsq")
+    assert torch.equal(model.get_submodule(scope.consumer.path).weight, before)
+    with pytest.raises(ValueError, match="second moments"):
+        compensate(model, [scope], {scope.name: [0]}, collect_channel_statistics(model, [scope], rows), method="lstsq")
+
+
+def test_lstsq_from_the_config_cuts_saves_and_reloads(tmp_path):
+    model = make_model("mistral")
+    rows = torch.randint(0, COMMON["vocab_size"], (4, 16), generator=torch.Generator().manual_seed(0))
+    report = prune(model, PruningConfig(target="search", sparsity=0.3, compensate="lstsq", search_rows=1,
+                                         mlp_levels=4, refine_rounds=0), rows)
+    assert abs(report.achieved_sparsity - 0.3) < 0.02
+    with torch.no_grad():
+        logits = model(rows).logits
+    reloaded = AutoModelForCausalLM.from_pretrained(save_pruned(model, None, tmp_path / "out"),
+                                                    attn_implementation="eager").eval()
     with torch.no_grad():
         assert torch.equal(reloaded(rows).logits, logits)

@@ -149,3 +149,22 @@ def test_search_from_the_command_line_reloads(capsys, tmp_path):
     assert report["allocation"]["rounds"] and abs(report["achieved_sparsity"] - 0.35) < 0.01
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"]
+
+
+@pytest.mark.parametrize("compensate", ["bias", "lstsq"])
+def test_compensated_search_measures_the_model_it_cuts(calibration, compensate):
+    """With --compensate the search measures every candidate compensated: the KL it reports for its plan is
+    the KL of the model that is then cut and compensated, on the same held-out rows; and planning leaves
+    the model as it was."""
+    model = make_model("llama")
+    dense_state = {name: value.clone() for name, value in model.state_dict().items()}
+    config = search_config(compensate=compensate, sparsity=0.4)
+    plan = make_plan(model, config, input_ids=calibration)
+    assert all(torch.equal(value, dense_state[name]) for name, value in model.state_dict().items())
+    held_out = calibration[-config.search_rows:]
+    with torch.no_grad():
+        reference = torch.log_softmax(model(held_out).logits, dim=-1)
+        apply_pruning(model, config, plan)
+        cut = torch.log_softmax(model(held_out).logits, dim=-1)
+    kl = float((reference.exp() * (reference - cut)).sum(-1).mean())
+    assert kl == pytest.approx(plan.details["search_kl"], rel=1e-3, abs=1e-6)

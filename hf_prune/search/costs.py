@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import ModelAdapter, PrunableScope
+from ..compensation import TemporaryCompensation
 from ..masks import GroupMasks
 from ..statistics import first_layer_inputs
 
@@ -30,7 +31,7 @@ class CostMeter(AbstractContextManager):
     """
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, scopes: Sequence[PrunableScope],
-                 rows: torch.Tensor, batch_size: int = 1):
+                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None):
         self.model, self.adapter = model, adapter
         self.layers = adapter.decoder_layers(model)
         self.scopes = {scope.name: scope for scope in scopes}
@@ -43,15 +44,20 @@ class CostMeter(AbstractContextManager):
         self._extras: list[tuple[tuple, dict]] = []  # per batch: the layers' other arguments
         self.base_kl = 0.0
         self.layer_passes = 0
+        self.compensation = compensation  # when given, every mask is measured with its compensation applied
 
     def _live(self, name: str):
         return lambda: self.current[name]
 
     def __enter__(self) -> "CostMeter":
         self._hooks.attach()
+        if self.compensation is not None:
+            self.compensation.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if self.compensation is not None:
+            self.compensation.__exit__(*exc_info)
         self._hooks.remove()
         self._inputs.clear()
         self._reference.clear()
@@ -62,6 +68,7 @@ class CostMeter(AbstractContextManager):
         around: cache every layer's inputs under it and return its KL from the dense model."""
         for name, mask in self.current.items():
             mask.copy_(masks[name] if name in masks else torch.ones_like(mask))
+            self._compensate(name)
         captured = first_layer_inputs(self.model, self.layers, self.batches)
         self._extras = [(args[1:], kwargs) for args, kwargs in captured]
         hidden = [args[0] for args, _ in captured]
@@ -82,6 +89,7 @@ class CostMeter(AbstractContextManager):
         saved = self.current[scope.name].clone()
         self.current[scope.name].copy_(mask)
         try:
+            self._compensate(scope.name)
             hidden = self._inputs[scope.layer]
             for layer in self.layers[scope.layer:]:
                 hidden = [self._run(layer, h, extra) for h, extra in zip(hidden, self._extras)]
@@ -89,6 +97,11 @@ class CostMeter(AbstractContextManager):
             return self._kl(hidden) - self.base_kl
         finally:
             self.current[scope.name].copy_(saved)
+            self._compensate(scope.name)
+
+    def _compensate(self, name: str) -> None:
+        if self.compensation is not None and name in self.compensation.scopes:
+            self.compensation.set(self.scopes[name], self.current[name])
 
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
         """:meth:`cost` of every ``(scope, kept, mask)``, with a progress bar whose ETA counts layer passes."""

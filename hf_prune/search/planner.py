@@ -5,7 +5,8 @@
    sublayer removed**. Which groups a count keeps comes from the importance scores.
 2. **Measured cost.** For every (scope, count), the KL divergence of the next-token distribution from
    the dense model's when only that scope is cut, on held-out calibration rows
-   (:class:`~hf_prune.search.costs.CostMeter`).
+   (:class:`~hf_prune.search.costs.CostMeter`) — with ``--compensate`` applied to the candidate, so the
+   search chooses widths for the model it will actually produce.
 3. **Solve.** One count per scope, least total cost, at least the budget removed: an exact
    multiple-choice knapsack (:mod:`~hf_prune.search.knapsack`); the surplus that rounding to the grid
    leaves is given back group by group where it costs least, so the budget is met within one group.
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..adapters import PrunableScope, get_adapter
 from ..allocation import AllocationRequest
+from ..compensation import TemporaryCompensation
 from ..errors import BudgetError, ConfigError
 from .costs import CostMeter
 from .knapsack import Option, solve
@@ -142,14 +144,17 @@ def plan_by_search(
     trajectory: list[dict[str, Any]] = []
     was_training = model.training
     model.eval()
-    with CostMeter(model, adapter, adapter.scopes(model), held_out_ids, config.batch_size) as meter:
+    compensation = None
+    if config.compensate != "none":  # measure every candidate as it will be cut: compensated
+        compensation = TemporaryCompensation(model, request.scopes, request.statistics, config.compensate)
+    with CostMeter(model, adapter, adapter.scopes(model), held_out_ids, config.batch_size, compensation) as meter:
         meter.set_base({})
         requests = [(scope, count, mask(scope, count)) for scope in request.scopes
                     for count in coarse_counts(scope, config.mlp_levels, multiple) if count < scope.num_groups]
         # the first table does not depend on the budget: measured once per statistics object, so pruning
         # one scored model at several budgets (make_plan(..., statistics=...)) pays for it once
         cache = request.statistics.derived if request.statistics is not None else {}
-        key = ("search-costs", config.importance, config.mlp_levels, multiple,
+        key = ("search-costs", config.importance, config.compensate, config.mlp_levels, multiple,
                tuple(scope.name for scope in request.scopes), hash(held_out_ids.cpu().numpy().tobytes()))
         if key not in cache:
             cache[key] = meter.measure(requests, "search: measuring costs")
