@@ -73,7 +73,7 @@ MODELS = {
     "smollm2": ModelUnderTest(EVAL_DIR / "models" / "smollm2-135m",
                               "SmolLM2-135M-Instruct, Q4_1-dequantized weights", costly_seeds=1),
 }
-COSTLY_METHODS = {"Hyperflux (uniform init)", "search (activation)"}
+COSTLY_METHODS = {"Hyperflux (uniform init)", "search (activation)", "search + least squares (activation)"}
 TORCH_PRUNING_RESULTS = RESULTS_DIR / "torch_pruning_smollm2.json"
 
 
@@ -141,13 +141,21 @@ def hyperflux_method(ctx: Context, sparsity: float) -> Outcome:
     return Outcome(kept=make_plan(ctx.model, config, input_ids=rows).kept)
 
 
-def search_method(ctx: Context, sparsity: float) -> Outcome:
-    """Measured costs on the held-out rows, ordered by the shared activation scores; the first cost table is
-    measured once per seed (cached in the statistics) and reused at every budget."""
-    config = PruningConfig(target="search", sparsity=sparsity, importance="activation", calibration="reference",
-                           seed=ctx.seed, search_rows=ctx.held_out.shape[0], **ctx.search)
-    rows = torch.cat([ctx.calibration, ctx.held_out])  # make_plan holds out the last search_rows rows
-    return Outcome(kept=make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats).kept)
+def search_method(compensate: str = "none") -> Callable:
+    def run(ctx: Context, sparsity: float) -> Outcome:
+        """Measured costs on the held-out rows, ordered by the shared activation scores; the first cost table
+        is measured once per seed (cached in the statistics) and reused at every budget."""
+        config = PruningConfig(target="search", sparsity=sparsity, importance="activation", compensate=compensate,
+                               calibration="reference", seed=ctx.seed, search_rows=ctx.held_out.shape[0], **ctx.search)
+        rows = torch.cat([ctx.calibration, ctx.held_out])  # make_plan holds out the last search_rows rows
+        plan = make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats)
+        if compensate == "none":
+            return Outcome(kept=plan.kept)
+        pruned = copy.deepcopy(ctx.model)
+        report = apply_pruning(pruned, config, plan)
+        return Outcome(model=pruned, achieved=report.achieved_sparsity, counts=report.plan)
+
+    return run
 
 
 def peer(fn: Callable[[Context, float], common.BaselinePlan]) -> Callable:
@@ -174,8 +182,11 @@ METHODS: dict[str, tuple[str, Callable]] = {  # label -> (who, run)
     "EMP, MLP only (activation)": ("hf-prune", hf_prune_method("emp", "mlp", "activation")),
     "EMP (fluctuation)": ("hf-prune", hf_prune_method("emp", "all", "fluctuation")),
     "EMP + bias (fluctuation)": ("hf-prune", hf_prune_method("emp", "all", "fluctuation", "bias")),
+    "uniform, MLP only + least squares (activation)": ("hf-prune", hf_prune_method("uniform", "mlp", "activation",
+                                                                                   "lstsq")),
     "Hyperflux (uniform init)": ("hf-prune", hyperflux_method),
-    "search (activation)": ("hf-prune", search_method),
+    "search (activation)": ("hf-prune", search_method()),
+    "search + least squares (activation)": ("hf-prune", search_method("lstsq")),
     "FLAP": ("peer", peer(lambda c, s: flap.flap_plan(c.model, c.scopes, c.stats, s))),
     "Wanda-sp": ("peer", peer(lambda c, s: wanda_sp.wanda_sp_plan(c.model, c.scopes, c.layers, c.calibration, s,
                                                                   batch_size=c.batch_size))),
@@ -348,7 +359,7 @@ def run_model(name: str, args: argparse.Namespace, progress: Progress) -> None:
         rows = calibration_ids(model, tokenizer, config)
         calibration, held_out = rows[: args.calibration_samples], rows[args.calibration_samples:]
         started = time.perf_counter()
-        stats = collect_channel_statistics(model, scopes, calibration, batch_size=args.batch_size)
+        stats = collect_channel_statistics(model, scopes, calibration, batch_size=args.batch_size, gram=True)
         collect_taylor_statistics(model, scopes, calibration, batch_size=args.batch_size, stats=stats)
         print(f"[{name}] seed {seed}: statistics of {calibration.numel():,} calibration tokens in "
               f"{time.perf_counter() - started:.0f}s", flush=True)
