@@ -117,16 +117,20 @@ class Outcome:
                 "removed_layers": list(self.plan.removed_layers) if self.plan else []}
 
 
+def outcome_of(ctx: Context, config: PruningConfig, plan: Any) -> Outcome:
+    """A pure group removal is evaluated with masks; a compensated plan changes weights, so a copy is cut."""
+    if config.compensate == "none":
+        return Outcome(kept=plan.kept)
+    pruned = copy.deepcopy(ctx.model)
+    report = apply_pruning(pruned, config, plan)
+    return Outcome(model=pruned, achieved=report.achieved_sparsity, counts=report.plan)
+
+
 def hf_prune_method(target: str, units: str, importance: str, compensate: str = "none") -> Callable:
     def run(ctx: Context, sparsity: float) -> Outcome:
         config = PruningConfig(target=target, units=units, sparsity=sparsity, importance=importance,
                                compensate=compensate, calibration="reference", seed=ctx.seed)
-        plan = make_plan(ctx.model, config, statistics=ctx.stats)
-        if compensate == "none":
-            return Outcome(kept=plan.kept)
-        pruned = copy.deepcopy(ctx.model)
-        report = apply_pruning(pruned, config, plan)
-        return Outcome(model=pruned, achieved=report.achieved_sparsity, counts=report.plan)
+        return outcome_of(ctx, config, make_plan(ctx.model, config, statistics=ctx.stats))
 
     return run
 
@@ -148,12 +152,7 @@ def search_method(compensate: str = "none") -> Callable:
         config = PruningConfig(target="search", sparsity=sparsity, importance="activation", compensate=compensate,
                                calibration="reference", seed=ctx.seed, search_rows=ctx.held_out.shape[0], **ctx.search)
         rows = torch.cat([ctx.calibration, ctx.held_out])  # make_plan holds out the last search_rows rows
-        plan = make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats)
-        if compensate == "none":
-            return Outcome(kept=plan.kept)
-        pruned = copy.deepcopy(ctx.model)
-        report = apply_pruning(pruned, config, plan)
-        return Outcome(model=pruned, achieved=report.achieved_sparsity, counts=report.plan)
+        return outcome_of(ctx, config, make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats))
 
     return run
 
