@@ -14,7 +14,7 @@ from hf_prune.checkpoint import as_pruned_model, load_model
 from hf_prune.errors import ModelLoadError
 from hf_prune.surgery import apply_plan
 
-from ._subprocess import run_python
+from ._subprocess import run_without_hf_prune
 from .conftest import make_model, random_plan
 
 
@@ -50,25 +50,8 @@ def test_reload_with_hf_prune_gives_identical_model(family, tmp_path, input_ids)
 
 def test_reload_without_hf_prune_through_trust_remote_code(family, tmp_path, input_ids):
     model, logits, output = pruned_checkpoint(family, tmp_path, input_ids)
-    torch.save({"input_ids": input_ids}, tmp_path / "inputs.pt")
-    result = run_python(
-        f"""
-        import sys, torch
-        from transformers import AutoModelForCausalLM
-        from safetensors.torch import save_file
-        model = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True).eval()
-        assert "hf_prune" not in sys.modules
-        input_ids = torch.load({str(tmp_path / "inputs.pt")!r})["input_ids"]
-        with torch.no_grad():
-            logits = model(input_ids).logits
-            tokens = model.generate(input_ids[:1, :5], max_new_tokens=6, do_sample=False)
-        save_file({{"logits": logits.contiguous(), "tokens": tokens}}, {str(tmp_path / "out.safetensors")!r})
-        print(type(model).__name__)
-        """,
-        block_hf_prune=True,
-    )
-    assert result.stdout.strip().splitlines()[-1] == type(model).__name__
-    out = load_file(tmp_path / "out.safetensors")
+    class_name, out = run_without_hf_prune(output, input_ids, tmp_path)
+    assert class_name == type(model).__name__
     assert torch.equal(out["logits"], logits)
     with torch.no_grad():
         assert torch.equal(out["tokens"], model.generate(input_ids[:1, :5], max_new_tokens=6, do_sample=False))

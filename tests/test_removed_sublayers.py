@@ -5,7 +5,6 @@ pruned again, on all four families."""
 import json
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from hf_prune import save_pruned
@@ -15,7 +14,7 @@ from hf_prune.masks import GroupMasks, keep_masks
 from hf_prune.modeling import RemovedSublayer
 from hf_prune.surgery import apply_plan, ensure_bias
 
-from ._subprocess import run_python
+from ._subprocess import run_without_hf_prune
 from .conftest import make_model, random_plan
 
 TOLERANCE = 1e-4
@@ -78,23 +77,7 @@ def test_a_removed_sublayer_reloads_both_ways(family, tmp_path, input_ids):
         assert torch.equal(reloaded(input_ids).logits, logits)
         assert torch.equal(reloaded.generate(input_ids[:1, :5], max_new_tokens=6, do_sample=False), tokens)
 
-    torch.save({"input_ids": input_ids}, tmp_path / "inputs.pt")
-    run_python(
-        f"""
-        import sys, torch
-        from transformers import AutoModelForCausalLM
-        from safetensors.torch import save_file
-        model = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True).eval()
-        assert "hf_prune" not in sys.modules
-        input_ids = torch.load({str(tmp_path / "inputs.pt")!r})["input_ids"]
-        with torch.no_grad():
-            logits = model(input_ids).logits
-            tokens = model.generate(input_ids[:1, :5], max_new_tokens=6, do_sample=False)
-        save_file({{"logits": logits.contiguous(), "tokens": tokens}}, {str(tmp_path / "out.safetensors")!r})
-        """,
-        block_hf_prune=True,
-    )
-    out = load_file(tmp_path / "out.safetensors")
+    _, out = run_without_hf_prune(output, input_ids, tmp_path)
     assert torch.equal(out["logits"], logits) and torch.equal(out["tokens"], tokens)
 
 
