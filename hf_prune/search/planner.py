@@ -32,6 +32,7 @@ from ..adapters import PrunableScope, get_adapter
 from ..allocation import AllocationRequest
 from ..compensation import TemporaryCompensation
 from ..errors import BudgetError, ConfigError
+from ..pruner import top_groups
 from .costs import CostMeter
 from .knapsack import Option, solve
 
@@ -71,10 +72,9 @@ def finer_counts(scope: PrunableScope, current: int, step: float, multiple: int)
 
 
 def keep_top(scores: torch.Tensor, count: int, device: torch.device) -> torch.Tensor:
-    """0/1 mask keeping the ``count`` best-scored groups (ties to the lower index, as the cut does)."""
+    """0/1 mask of the groups the cut keeps at ``count`` (:func:`~hf_prune.pruner.top_groups`)."""
     mask = torch.zeros(scores.numel(), device=device)
-    if count:
-        mask[torch.sort(scores, descending=True, stable=True).indices[:count].to(device)] = 1.0
+    mask[top_groups(scores, count)] = 1.0
     return mask
 
 
@@ -181,8 +181,7 @@ def plan_by_search(
             counts, kl = candidate, new_kl
         layer_passes = meter.layer_passes
     model.train(was_training)
-    kept = {scope.name: sorted(torch.nonzero(mask(scope, counts[scope.name])).flatten().tolist())
-            for scope in request.scopes}
+    kept = {scope.name: top_groups(scores[scope.name], counts[scope.name]) for scope in request.scopes}
     details = {
         "search_kl": kl, "search_seconds": time.perf_counter() - started, "held_out_rows": int(held_out_ids.shape[0]),
         "layer_passes": layer_passes, "rounds_kept": sum(1 for t in trajectory[1:] if t["accepted"]),
