@@ -29,7 +29,8 @@ the same weights and the same held-out windows (checked here: same dense perplex
 
 Rows are saved as they are measured (``<name>.partial.json``); ``--resume`` skips the rows already
 there (or in the finished ``<name>.json``) when the settings are unchanged, so an interrupted run loses
-at most one row, and a method added later is measured alone.
+at most one row, and a method (or a seed) added later is measured alone; the saved rows of the models run
+are kept even when this run's method list leaves them out.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ MODELS = {
     "smollm2": ModelUnderTest(EVAL_DIR / "models" / "smollm2-135m",
                               "SmolLM2-135M-Instruct, Q4_1-dequantized weights", costly_seeds=1),
 }
+# settings that only choose which rows run (a row records its model, method, seed and budget), not what a row measures
+ROW_SELECTORS = {"models", "methods", "seeds", "sparsities", "costly_seeds"}
 COSTLY_METHODS = {"Hyperflux (uniform init)", "search (activation)", "search + least squares (activation)"}
 TORCH_PRUNING_RESULTS = RESULTS_DIR / "torch_pruning_smollm2.json"
 
@@ -275,7 +278,7 @@ class Progress:
         if resume and source is not None and source.exists():
             data = json.loads(source.read_text())
             earlier = data.get("settings") or data["meta"]
-            differ = sorted(key for key in set(earlier) & set(settings) - {"methods"} if earlier[key] != settings[key])
+            differ = sorted(key for key in set(earlier) & set(settings) - ROW_SELECTORS if earlier[key] != settings[key])
             if differ:
                 sys.exit(f"error: {source} was written with other settings ({', '.join(differ)}); rerun without "
                          "--resume to start over")
@@ -285,6 +288,14 @@ class Progress:
         self.rows: list[dict[str, Any]] = []
         self.done = 0  # planned rows (method x seed x budget) finished, measured now or resumed
         self.started, self.measured_seconds, self.measured = time.perf_counter(), 0.0, 0
+
+    def keep_unplanned(self, model: str) -> None:
+        """Carry over the saved rows of ``model`` that this run did not plan (another method list, more costly
+        seeds), so a resumed run that adds rows never drops the ones already measured."""
+        present = {self.key(row) for row in self.rows if row.get("seed") is not None}
+        for key, row in self.saved.items():
+            if key[0] == model and key not in present:
+                self.add(row, planned=False)
 
     @staticmethod
     def key(row: dict[str, Any]) -> tuple:
@@ -398,6 +409,7 @@ def run_model(name: str, args: argparse.Namespace, progress: Progress) -> None:
                   f"ppl {dense_ppl:.2f} -> {row['pruned_ppl']:.2f} (x{row['ratio']:.3f}, "
                   f"dNLL {row['delta_nll']:.4f} ± {row['delta_nll_se']:.4f})"
                   + (f" mc {mc['mc_acc']:.3f}" if mc else "") + f" {row['seconds']:.0f}s [{progress.eta()}]", flush=True)
+    progress.keep_unplanned(name)
 
 
 def _cell_rows(rows: list[dict[str, Any]], model: str, method: str, sparsity: float) -> list[dict[str, Any]]:
