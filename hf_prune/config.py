@@ -105,8 +105,9 @@ class PruningConfig:
         "warning)", default_help="the model's context length, at most 512"))
     batch_size: int = field(default=1, metadata=_help("calibration sequences per forward pass"))
     sequential: bool = field(default=False, metadata=_help(
-        "collect activation statistics one decoder layer at a time, holding only that layer's activations "
-        "(the way a 70B model is scored on one GPU); not used by 'taylor', which needs a full backward"))
+        "collect activation statistics one decoder layer at a time, holding only that layer's activations, and "
+        "measure the search's costs in one pass over the layers (the way a 70B model offloaded by --device-map "
+        "is scored and searched on one GPU); not used by 'taylor', which needs a full backward"))
     seed: int = field(default=0, metadata=_help("random seed of the calibration sample (and of Hyperflux gates)"))
     steps: int = field(default=200, metadata=_help(
         "Hyperflux: optimizer steps under pressure; the density follows the target curve to the budget at the end"))

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .adapters import PrunableScope
 from .distributed import process_state
+from .offload import execution_device, resident
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,6 @@ def shard_for_this_process(batches: torch.Tensor) -> torch.Tensor:
         return mine
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _record_channels(model: nn.Module, scopes: Sequence[PrunableScope], stats: CalibrationStatistics,
                      gram: bool = False):
     handles = []
@@ -150,7 +147,7 @@ def collect_channel_statistics(
                 raise ValueError("sequential calibration needs the decoder layers (from the adapter)")
             _sequential_forward(model, layers, batches)
         else:
-            device = _model_device(model)
+            device = execution_device(model)
             for batch in tqdm(batches, desc="calibration", unit="batch", leave=False):
                 model(batch.to(device), use_cache=False)
     finally:
@@ -179,7 +176,7 @@ def first_layer_inputs(model: nn.Module, layers: nn.ModuleList,
         raise _StopForward
 
     handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-    device = _model_device(model)
+    device = execution_device(model)
     try:
         for batch in batches:
             try:
@@ -200,10 +197,11 @@ def _sequential_forward(model: nn.Module, layers: nn.ModuleList, batches: Iterab
     captured = first_layer_inputs(model, layers, batches)
     for layer in tqdm(layers, desc="calibration (layer by layer)", unit="layer", leave=False):
         next_inputs = []
-        for args, kwargs in captured:
-            output = layer(*args, **kwargs)
-            hidden = output[0] if isinstance(output, tuple) else output
-            next_inputs.append(((hidden, *args[1:]), kwargs))
+        with resident([layer]):  # an offloaded layer is loaded once for all batches
+            for args, kwargs in captured:
+                output = layer(*args, **kwargs)
+                hidden = output[0] if isinstance(output, tuple) else output
+                next_inputs.append(((hidden, *args[1:]), kwargs))
         captured = next_inputs
 
 
@@ -219,7 +217,7 @@ def collect_taylor_statistics(
     stats = stats or CalibrationStatistics()
     started = time.perf_counter()
     mine = shard_for_this_process(input_ids)
-    device = _model_device(model)
+    device = execution_device(model)
     weights = {piece.path: model.get_submodule(piece.path).weight for scope in scopes for piece in scope.slices}
     flags = {path: weight.requires_grad for path, weight in weights.items()}
     other = [p for p in model.parameters() if all(p is not w for w in weights.values())]

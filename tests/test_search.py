@@ -18,7 +18,8 @@ from hf_prune.masks import GroupMasks, keep_masks
 from hf_prune.modeling import RemovedSublayer
 from hf_prune.pruner import apply_pruning, make_plan
 from hf_prune.search.knapsack import Option, solve
-from hf_prune.search.planner import ScopeChoices, coarse_counts, finer_counts, give_back_surplus
+from hf_prune.search.costs import CostMeter, SweepCostMeter
+from hf_prune.search.planner import ScopeChoices, coarse_counts, finer_counts, give_back_surplus, keep_top
 
 from .conftest import make_model
 
@@ -168,3 +169,74 @@ def test_compensated_search_measures_the_model_it_cuts(calibration, compensate):
         cut = torch.log_softmax(model(held_out).logits, dim=-1)
     kl = float((reference.exp() * (reference - cut)).sum(-1).mean())
     assert kl == pytest.approx(plan.details["search_kl"], rel=1e-3, abs=1e-6)
+
+
+def _cost_table(model, meter_class, rows, compensation=None):
+    """Costs of a few candidates (a layer-0 MLP thinned, a middle attention removed whole, the last MLP
+    halved) around the dense model and around a plan with the first attention thinned."""
+    adapter = get_adapter(model)
+    scopes = adapter.scopes(model)
+    attention0, mlp0, attention1, mlp_last = scopes[0], scopes[1], scopes[2], scopes[-1]
+
+    def mask(scope, count):
+        return keep_top(torch.arange(scope.num_groups, dtype=torch.float), count, torch.device("cpu"))
+
+    requests = [(mlp0, 48, mask(mlp0, 48)), (attention1, 0, mask(attention1, 0)), (mlp_last, 48, mask(mlp_last, 48))]
+    with meter_class(model, adapter, scopes, rows, 2, compensation) as meter:
+        dense_kl = meter.set_base({})
+        around_dense = meter.measure(requests, "test")
+        plan_kl = meter.set_base({attention0.name: mask(attention0, 2)})
+        around_plan = meter.measure(requests, "test")
+        return [dense_kl, plan_kl, *around_dense, *around_plan], meter.layer_passes
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_sweep_measures_the_same_costs_as_the_suffix_runs(calibration, family):
+    """--sequential reorders the computation (one pass over the layers), it does not change a number."""
+    model = make_model(family)
+    suffix, suffix_passes = _cost_table(model, CostMeter, calibration[:4])
+    sweep, sweep_passes = _cost_table(model, SweepCostMeter, calibration[:4])
+    assert sweep == pytest.approx(suffix, rel=1e-4, abs=1e-7)
+    assert suffix[3] > 0 and suffix[5] > 0 and sweep_passes == suffix_passes
+
+
+def test_sweep_on_an_offloaded_model_loads_each_layer_once_per_pass(calibration, monkeypatch):
+    """With accelerate's offload hooks (the 70B-on-one-GPU set-up, here with the CPU as execution device) the
+    sweep gives the costs of the model in memory, and a layer's weights are loaded once per pass, not once
+    per candidate that runs through it."""
+    import accelerate.hooks
+    from accelerate import cpu_offload
+
+    model = make_model("llama")
+    expected, _ = _cost_table(model, CostMeter, calibration[:4])
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert model.model.layers[0].mlp.down_proj.weight.device.type == "meta"
+    probe = model.model.layers[-1].mlp.down_proj
+    loads = []
+    original = accelerate.hooks.set_module_tensor_to_device
+
+    def counting(module, name, device, value=None, **kwargs):  # a load is a copy from the offloaded weights
+        if module is probe and name == "weight" and str(device) != "meta":
+            loads.append(device)
+        return original(module, name, device, value=value, **kwargs)
+
+    monkeypatch.setattr(accelerate.hooks, "set_module_tensor_to_device", counting)
+    measured, _ = _cost_table(model, SweepCostMeter, calibration[:4])
+    assert measured == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert len(loads) == 4  # two set_base and two measure passes
+    assert probe.weight.device.type == "meta"  # dropped again after the pass
+    with pytest.raises(ConfigError, match="offloaded model"):
+        SweepCostMeter(model, get_adapter(model), get_adapter(model).scopes(model), calibration[:2],
+                       compensation=object())
+
+
+def test_sequential_search_of_an_offloaded_model_finds_the_same_plan(calibration):
+    """Calibration and search layer by layer on a model whose weights accelerate offloaded: the plan of
+    the model in memory."""
+    from accelerate import cpu_offload
+
+    model = make_model("mistral")
+    expected = make_plan(model, search_config(), input_ids=calibration).kept
+    assert make_plan(model, search_config(sequential=True), input_ids=calibration).kept == expected
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert make_plan(model, search_config(sequential=True), input_ids=calibration).kept == expected

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..adapters import PrunableScope
+from ..offload import resident
 from ..statistics import CalibrationStatistics
 from . import IMPORTANCE_REGISTRY
 
@@ -45,7 +46,9 @@ class Importance(ABC):
     ) -> torch.Tensor:
         if self.requires and stats is None:
             raise ValueError(f"importance {self.name!r} needs calibration statistics")
-        scores = self.scores(model, scope, stats).to(torch.float64)
+        weights = [model.get_submodule(piece.path) for piece in (*scope.producers, scope.consumer)]
+        with resident(weights):  # criteria read weights; an offloaded model keeps them on meta until loaded
+            scores = self.scores(model, scope, stats).to(torch.float64)
         if scores.shape != (scope.num_groups,):
             raise RuntimeError(f"{self.name}: expected {scope.num_groups} scores for {scope.name}, got {tuple(scores.shape)}")
         if not torch.isfinite(scores).all() or (scores < 0).any():

@@ -6,6 +6,12 @@ candidate of layer ``l`` runs only layers ``l..L-1`` and the LM head: for a mode
 full table of candidates costs about half of one forward pass per candidate. The cost of a candidate
 is the mean per-token KL(reference || candidate) minus that of the current plan, so a table measured
 around a plan says what each single change would add to it.
+
+:class:`SweepCostMeter` (``--sequential``) measures the same numbers in another order, for models that do
+not fit on the device: one pass over the layers, in which each layer, made resident once, runs the plan's
+activations, every candidate of its own scopes, and every candidate of the layers before it. It holds
+one activation per candidate instead of every layer's inputs, and loads each layer's weights once per
+pass instead of once per candidate that reaches it.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import has_offloaded_params
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import ModelAdapter, PrunableScope
 from ..compensation import TemporaryCompensation
+from ..errors import ConfigError
 from ..masks import GroupMasks
+from ..offload import execution_device, resident
 from ..statistics import first_layer_inputs
 
 
@@ -36,7 +45,7 @@ class CostMeter(AbstractContextManager):
         self.layers = adapter.decoder_layers(model)
         self.scopes = {scope.name: scope for scope in scopes}
         self.batches = list(rows.split(batch_size))
-        device = next(model.parameters()).device
+        device = execution_device(model)
         self.current = {name: torch.ones(scope.num_groups, device=device) for name, scope in self.scopes.items()}
         self._hooks = GroupMasks(model, scopes, {name: self._live(name) for name in self.scopes})
         self._reference: list[torch.Tensor] = []  # per batch: reference log-probabilities
@@ -127,3 +136,81 @@ class CostMeter(AbstractContextManager):
             total += float(kl.sum())
             tokens += kl.numel()
         return total / tokens
+
+
+class SweepCostMeter(CostMeter):
+    """:class:`CostMeter` that measures all candidates in one pass over the layers (see the module docstring).
+
+    The costs are the same numbers (the same computations in another order; tested). Candidate
+    activations are kept in CPU memory when the model is offloaded, on the activations' device otherwise.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offloaded = any(has_offloaded_params(module) for module in self.model.modules())
+        if self.offloaded and self.compensation is not None:
+            raise ConfigError("compensated search costs cannot be measured on an offloaded model (the compensated "
+                             "weights would be dropped with the layer); load the model without offload")
+        layer_ids = {id(module) for layer in self.layers for module in layer.modules()}
+        # embeddings, final norm and head: everything the model runs outside its decoder layers
+        self._outside = [module for module in self.model.modules()
+                         if id(module) not in layer_ids and next(module.parameters(recurse=False), None) is not None]
+
+    @torch.no_grad()
+    def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
+        for name, mask in self.current.items():
+            mask.copy_(masks[name] if name in masks else torch.ones_like(mask))
+            self._compensate(name)
+        first = not self._reference
+        if first and any(bool((mask != 1).any()) for mask in self.current.values()):
+            raise ValueError("the first base of a CostMeter must be the dense model")
+        hidden, _ = self._sweep([], desc=None)
+        with resident(self._outside):
+            if first:
+                self._reference = [F.log_softmax(self.adapter.logits(self.model, h).float(), dim=-1) for h in hidden]
+            self.base_kl = self._kl(hidden)
+        return self.base_kl
+
+    @torch.no_grad()
+    def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
+        _, streams = self._sweep(requests, desc)
+        with resident(self._outside):
+            return [self._kl(stream) - self.base_kl for stream in streams]
+
+    def _sweep(self, requests, desc: str | None) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """One pass over the layers: the plan's activations and, per request, the activations after
+        its scope's layer with only that scope changed. Returns the final hidden states of both."""
+        captured = first_layer_inputs(self.model, self.layers, self.batches)
+        self._extras = [(args[1:], kwargs) for args, kwargs in captured]
+        base = [args[0] for args, _ in captured]
+        streams: list[list[torch.Tensor] | None] = [None] * len(requests)
+        by_layer: dict[int, list[int]] = {}
+        for index, (scope, _, _) in enumerate(requests):
+            by_layer.setdefault(scope.layer, []).append(index)
+        total = sum(len(self.layers) - scope.layer for scope, _, _ in requests) + len(self.layers)
+        with tqdm(total=total, desc=desc, unit="layer", leave=False, disable=desc is None) as bar:
+            for index, layer in enumerate(self.layers):
+                with resident([layer]):
+                    started = [i for i, stream in enumerate(streams) if stream is not None]
+                    for i in started:  # candidates of earlier layers: this layer as in the plan
+                        streams[i] = self._layer(layer, streams[i])
+                    for i in by_layer.get(index, []):  # this layer's candidates, from the plan's input
+                        scope, _, mask = requests[i]
+                        saved = self.current[scope.name].clone()
+                        self.current[scope.name].copy_(mask)
+                        self._compensate(scope.name)
+                        try:
+                            streams[i] = self._layer(layer, base)
+                        finally:
+                            self.current[scope.name].copy_(saved)
+                            self._compensate(scope.name)
+                    base = self._layer(layer, base)
+                candidates = len(started) + len(by_layer.get(index, []))
+                self.layer_passes += candidates
+                bar.update(candidates + 1)
+        return base, streams
+
+    def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``layer`` on every batch; the outputs go to CPU memory when the weights are offloaded."""
+        outputs = [self._run(layer, h, extra) for h, extra in zip(hidden, self._extras)]
+        return [h.cpu() for h in outputs] if self.offloaded else outputs

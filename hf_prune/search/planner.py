@@ -6,7 +6,9 @@
 2. **Measured cost.** For every (scope, count), the KL divergence of the next-token distribution from
    the dense model's when only that scope is cut, on held-out calibration rows
    (:class:`~hf_prune.search.costs.CostMeter`) — with ``--compensate`` applied to the candidate, so the
-   search chooses widths for the model it will actually produce.
+   search chooses widths for the model it will actually produce. ``--sequential`` measures the same
+   costs in one pass over the layers (:class:`~hf_prune.search.costs.SweepCostMeter`), the way a model
+   offloaded by ``device_map`` is searched on one GPU.
 3. **Solve.** One count per scope, least total cost, at least the budget removed: an exact
    multiple-choice knapsack (:mod:`~hf_prune.search.knapsack`); the surplus that rounding to the grid
    leaves is given back group by group where it costs least, so the budget is met within one group.
@@ -33,7 +35,8 @@ from ..allocation import AllocationRequest
 from ..compensation import TemporaryCompensation
 from ..errors import BudgetError, ConfigError
 from ..pruner import top_groups
-from .costs import CostMeter
+from ..offload import execution_device
+from .costs import CostMeter, SweepCostMeter
 from .knapsack import Option, solve
 
 logger = logging.getLogger(__name__)
@@ -134,7 +137,7 @@ def plan_by_search(
     target_removed = round(request.sparsity * request.total_prunable)
     if request.selected_params < target_removed:
         raise BudgetError(f"sparsity {request.sparsity:g} is more than the selected units hold; {request.remedy()}")
-    device = next(model.parameters()).device
+    device = execution_device(model)
     scores = request.scores
     multiple = max(1, request.mlp_multiple)
 
@@ -147,7 +150,8 @@ def plan_by_search(
     compensation = None
     if config.compensate != "none":  # measure every candidate as it will be cut: compensated
         compensation = TemporaryCompensation(model, request.scopes, request.statistics, config.compensate)
-    with CostMeter(model, adapter, adapter.scopes(model), held_out_ids, config.batch_size, compensation) as meter:
+    meter_class = SweepCostMeter if config.sequential else CostMeter
+    with meter_class(model, adapter, adapter.scopes(model), held_out_ids, config.batch_size, compensation) as meter:
         meter.set_base({})
         requests = [(scope, count, mask(scope, count)) for scope in request.scopes
                     for count in coarse_counts(scope, config.mlp_levels, multiple) if count < scope.num_groups]

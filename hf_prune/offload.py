@@ -1,0 +1,51 @@
+"""What hf-prune needs from accelerate's offload hooks to run a model that does not fit on one device.
+
+With ``device_map`` offload (CPU or disk), accelerate keeps a layer's weights on ``meta`` and its hooks load
+them before every forward and drop them after. The layer-by-layer passes (sequential calibration, the
+search's sweep) call one layer many times in a row, so they keep it loaded for the whole block instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from accelerate.utils import has_offloaded_params
+from torch import nn
+
+
+def execution_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: the device of its first weight or, when accelerate offloaded that
+    weight (kept on ``meta`` until a forward loads it), the device its offload hook runs it on."""
+    for module in model.modules():
+        if has_offloaded_params(module):
+            return torch.device(module._hf_hook.execution_device)
+        weight = next(module.parameters(recurse=False), None)
+        if weight is not None:
+            return weight.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def resident(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Keep the offloaded weights of ``modules`` on their execution device for the whole block.
+
+    accelerate's offload hooks (``device_map`` with CPU or disk offload) load a module's weights before
+    every forward and drop them after it; a layer called once per candidate would then be loaded once
+    per candidate. Inside this block each offloaded submodule is loaded once and its hook stops
+    offloading until the block ends. Modules that are not offloaded are left as they are.
+    """
+    offloaded = [module for root in modules for module in root.modules() if has_offloaded_params(module)]
+    with ExitStack() as stack:
+        for module in offloaded:
+            hook = module._hf_hook
+            hook.pre_forward(module)
+            hook.offload = False
+            stack.callback(_drop_weights, module, hook)
+        yield
+
+
+def _drop_weights(module: nn.Module, hook) -> None:
+    hook.offload = True
+    hook.post_forward(module, None)
