@@ -153,6 +153,7 @@ def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
     from .distributed import process_state
     from .errors import ConfigError
     from .hyperflux.trainer import check_saved_state
+    from .offload import has_offloaded_weights
     from .pruner import apply_pruning, calibration_ids, make_plan, needs_calibration
     from .report import print_summary, write_run_artifacts
 
@@ -186,6 +187,10 @@ def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
     if quantize_bits is not None:  # gates were learned on the quantized base: cut the real weights
         del model
         model, _ = load_model(model_id, dtype=args.dtype, device_map=device_map)
+    elif has_offloaded_weights(model):  # offloaded weights live in accelerate's store: cut a copy in CPU memory
+        del model
+        console.print(f"reloading {model_id} into CPU memory for the cut (--device-map offloaded its weights)")
+        model, _ = load_model(model_id, dtype=args.dtype, device_map=None)
     report = apply_pruning(model, config, plan)
     if args.dtype == "auto":
         restore_checkpoint_dtype(model, source_dtype)

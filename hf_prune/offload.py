@@ -27,6 +27,11 @@ def execution_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def has_offloaded_weights(model: nn.Module) -> bool:
+    """Whether accelerate keeps some of the model's weights off the device (``device_map`` CPU/disk offload)."""
+    return any(has_offloaded_params(module) for module in model.modules())
+
+
 @contextmanager
 def resident(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Keep the offloaded weights of ``modules`` on their execution device for the whole block.

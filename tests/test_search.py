@@ -240,3 +240,32 @@ def test_sequential_search_of_an_offloaded_model_finds_the_same_plan(calibration
     assert make_plan(model, search_config(sequential=True), input_ids=calibration).kept == expected
     cpu_offload(model, execution_device=torch.device("cpu"))
     assert make_plan(model, search_config(sequential=True), input_ids=calibration).kept == expected
+
+
+def test_offloaded_model_from_the_command_line_is_cut_in_cpu_memory(capsys, tmp_path, monkeypatch):
+    """A model that --device-map offloaded is calibrated and searched layer by layer, then reloaded into CPU
+    memory for the cut (accelerate's store holds the real weights): the checkpoint equals the in-memory run's."""
+    from accelerate import cpu_offload
+
+    import hf_prune.checkpoint
+
+    argv = ["--target", "search", "--sparsity", "0.35", "--mlp-levels", "4", "--refine-rounds", "1",
+            "--calibration-samples", "8", "--seq-len", "64", "--sequential"]
+    assert main([*argv, "--output", str(tmp_path / "in_memory")]) == 0
+    load_model, calls = hf_prune.checkpoint.load_model, []
+
+    def offloading(*args, device_map=None, **kwargs):
+        model, tokenizer = load_model(*args, device_map=device_map, **kwargs)
+        calls.append(device_map)
+        if len(calls) == 1:  # the first load stands in for --device-map with CPU offload
+            cpu_offload(model, execution_device=torch.device("cpu"))
+        return model, tokenizer
+
+    monkeypatch.setattr(hf_prune.checkpoint, "load_model", offloading)
+    capsys.readouterr()
+    assert main([*argv, "--output", str(tmp_path / "offloaded")]) == 0
+    assert "reloading" in capsys.readouterr().out and len(calls) == 2 and calls[1] is None
+    expected = AutoModelForCausalLM.from_pretrained(tmp_path / "in_memory").state_dict()
+    offloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "offloaded").state_dict()
+    assert expected.keys() == offloaded.keys()
+    assert all(torch.equal(expected[name], offloaded[name]) for name in expected)

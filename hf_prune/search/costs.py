@@ -21,7 +21,6 @@ from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import has_offloaded_params
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,7 +28,7 @@ from ..adapters import ModelAdapter, PrunableScope
 from ..compensation import TemporaryCompensation
 from ..errors import ConfigError
 from ..masks import GroupMasks
-from ..offload import execution_device, resident
+from ..offload import execution_device, has_offloaded_weights, resident
 from ..statistics import first_layer_inputs
 
 
@@ -147,7 +146,7 @@ class SweepCostMeter(CostMeter):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.offloaded = any(has_offloaded_params(module) for module in self.model.modules())
+        self.offloaded = has_offloaded_weights(self.model)
         if self.offloaded and self.compensation is not None:
             raise ConfigError("compensated search costs cannot be measured on an offloaded model (the compensated "
                              "weights would be dropped with the layer); load the model without offload")
