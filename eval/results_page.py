@@ -7,6 +7,8 @@ best peer, as a ratio of degradations (pruned/dense perplexity − 1), next to t
 
     python eval/results_page.py                                   # every compare_*.json, + Torch-Pruning
     python eval/results_page.py --compare compare_smollm2_seed0   # a chosen subset
+
+It also writes the README's table of the recommended recipe (between its markers) from the full run.
 """
 
 from __future__ import annotations
@@ -92,6 +94,52 @@ def torch_pruning_section() -> list[str]:
     return lines + [""]
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_MARKERS = ("<!-- recommended-table: written by eval/results_page.py from eval/results/compare.json -->",
+                  "<!-- /recommended-table -->")
+README_METHODS = [  # (compare.py label, what the README calls it)
+    ("search + least squares (activation)", "**search + least squares** (`recipes/search-lstsq.yaml`)"),
+    ("search (activation)", "search, no compensation"),
+    ("uniform, MLP only + least squares (activation)", "uniform MLP-only + least squares"),
+    ("uniform, MLP only (activation)", "uniform MLP-only (the command-line default)"),
+]
+MODEL_NAMES = {"smollm2": "SmolLM2-135M (Q4_1 dequantized)", "reference": "reference (5M)"}
+
+
+def recommended_table(rows: list[dict]) -> list[str]:
+    """The README's table of the recommended recipe against the default and the best peer, from the full run:
+    each cell the mean over the seeds measured, with their count."""
+    sparsities = sorted({row["sparsity"] for row in rows if row.get("seed") is not None})
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        if "ratio" in row and row.get("seed") is not None:
+            cells[row["model"], row["method"], row["sparsity"]].append(row["ratio"])
+    lines = ["| model | method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+             "|---|---|" + "---|" * len(sparsities)]
+    for model in [m for m in MODEL_NAMES if any(key[0] == m for key in cells)]:
+        first = True
+        for label, shown in README_METHODS:
+            if all((model, label, s) in cells for s in sparsities):
+                values = [cells[model, label, s] for s in sparsities]
+                lines.append(f"| {MODEL_NAMES[model] if first else ''} | {shown} | "
+                             + " | ".join(f"{mean(v):.3f} ({len(v)} seed{'s' if len(v) > 1 else ''})" for v in values) + " |")
+                first = False
+        peers = [min(((mean(v), method) for (m, method, s), v in cells.items() if m == model and s == sparsity
+                      and any(r["method"] == method and r["who"] == "peer" for r in rows)), default=None)
+                 for sparsity in sparsities]
+        if all(peers):
+            lines.append("| | best re-implemented peer | " + " | ".join(f"{v:.3f} ({name})" for v, name in peers) + " |")
+    return lines
+
+
+def update_readme(rows: list[dict], readme: Path = README) -> None:
+    """Replace the table between the README's markers (the README keeps its prose, the numbers come from here)."""
+    text = readme.read_text()
+    start, end = (text.index(marker) for marker in README_MARKERS)
+    readme.write_text(text[: start + len(README_MARKERS[0])] + "\n" + "\n".join(recommended_table(rows)) + "\n"
+                      + text[end:])
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", nargs="+", default=None,
@@ -111,6 +159,9 @@ def main(argv: list[str] | None = None) -> Path:
     lines += torch_pruning_section()
     PAGE.write_text("\n".join(lines))
     print(f"wrote {PAGE}")
+    if "compare" in names:
+        update_readme(json.loads((RESULTS_DIR / "compare.json").read_text())["rows"])
+        print(f"updated the recommended-recipe table in {README}")
     return PAGE
 
 

@@ -36,3 +36,15 @@ def test_the_search_is_read_against_the_best_other_method():
             row("peer", "FLAP", 0.2, 1.2), row("floor", "random", 0.2, 1.05)]
     lines = results_page.reading(rows)
     assert "the search (1.100) against the best other method, FLAP (1.200): degradation ratio 0.50" in lines[1]
+
+
+def test_the_readme_table_is_the_one_the_full_run_gives():
+    """The README's recommended-recipe table is written from eval/results/compare.json, never typed."""
+    import json
+
+    rows = json.loads((results_page.RESULTS_DIR / "compare.json").read_text())["rows"]
+    readme = results_page.README.read_text()
+    start, end = (readme.index(marker) for marker in results_page.README_MARKERS)
+    table = readme[start + len(results_page.README_MARKERS[0]):end].strip().splitlines()
+    assert table == results_page.recommended_table(rows)
+    assert any("search + least squares" in line for line in table) and len(table) > 6
