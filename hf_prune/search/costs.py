@@ -16,8 +16,8 @@ pass instead of once per candidate that reaches it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -74,38 +74,58 @@ class CostMeter(AbstractContextManager):
     def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
         """Make ``masks`` (scope name -> 0/1 per group; others dense) the plan that costs are measured
         around: cache every layer's inputs under it and return its KL from the dense model."""
-        for name, mask in self.current.items():
-            mask.copy_(masks[name] if name in masks else torch.ones_like(mask))
-            self._compensate(name)
-        captured = first_layer_inputs(self.model, self.layers, self.batches)
-        self._extras = [(args[1:], kwargs) for args, kwargs in captured]
-        hidden = [args[0] for args, _ in captured]
+        self._set_current(masks)
+        hidden = self._first_inputs()
         self._inputs = []
         for layer in self.layers:
             self._inputs.append(hidden)
-            hidden = [self._run(layer, h, extra) for h, extra in zip(hidden, self._extras)]
-        if not self._reference:  # the first base is the dense model
-            if any(bool((mask != 1).any()) for mask in self.current.values()):
-                raise ValueError("the first base of a CostMeter must be the dense model")
-            self._reference = [F.log_softmax(self.adapter.logits(self.model, h).float(), dim=-1) for h in hidden]
-        self.base_kl = self._kl(hidden)
-        return self.base_kl
+            hidden = self._layer(layer, hidden)
+        return self._set_base_kl(hidden)
 
     @torch.no_grad()
     def cost(self, scope: PrunableScope, mask: torch.Tensor) -> float:
         """KL added to the base by giving ``scope`` the 0/1 ``mask`` (all other scopes as in the base)."""
+        with self._changed(scope, mask):
+            hidden = self._inputs[scope.layer]
+            for layer in self.layers[scope.layer:]:
+                hidden = self._layer(layer, hidden)
+            self.layer_passes += len(self.layers) - scope.layer
+            return self._kl(hidden) - self.base_kl
+
+    def _set_current(self, masks: Mapping[str, torch.Tensor]) -> None:
+        for name, mask in self.current.items():
+            mask.copy_(masks[name] if name in masks else torch.ones_like(mask))
+            self._compensate(name)
+        if not self._reference and any(bool((mask != 1).any()) for mask in self.current.values()):
+            raise ValueError("the first base of a CostMeter must be the dense model")
+
+    def _first_inputs(self) -> list[torch.Tensor]:
+        """The first layer's input per batch; its other arguments (positions, masks) go to ``_extras``."""
+        captured = first_layer_inputs(self.model, self.layers, self.batches)
+        self._extras = [(args[1:], kwargs) for args, kwargs in captured]
+        return [args[0] for args, _ in captured]
+
+    def _set_base_kl(self, final_hidden: list[torch.Tensor]) -> float:
+        if not self._reference:  # the first base is the dense model: its distribution is the reference
+            self._reference = [F.log_softmax(self.adapter.logits(self.model, h).float(), dim=-1) for h in final_hidden]
+        self.base_kl = self._kl(final_hidden)
+        return self.base_kl
+
+    @contextmanager
+    def _changed(self, scope: PrunableScope, mask: torch.Tensor) -> Iterator[None]:
+        """``scope`` masked by ``mask`` (and compensated) inside the block, as in the base after it."""
         saved = self.current[scope.name].clone()
         self.current[scope.name].copy_(mask)
         try:
             self._compensate(scope.name)
-            hidden = self._inputs[scope.layer]
-            for layer in self.layers[scope.layer:]:
-                hidden = [self._run(layer, h, extra) for h, extra in zip(hidden, self._extras)]
-            self.layer_passes += len(self.layers) - scope.layer
-            return self._kl(hidden) - self.base_kl
+            yield
         finally:
             self.current[scope.name].copy_(saved)
             self._compensate(scope.name)
+
+    def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``layer`` on every batch."""
+        return [self._run(layer, h, extra) for h, extra in zip(hidden, self._extras)]
 
     def _compensate(self, name: str) -> None:
         if self.compensation is not None and name in self.compensation.scopes:
@@ -157,18 +177,10 @@ class SweepCostMeter(CostMeter):
 
     @torch.no_grad()
     def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
-        for name, mask in self.current.items():
-            mask.copy_(masks[name] if name in masks else torch.ones_like(mask))
-            self._compensate(name)
-        first = not self._reference
-        if first and any(bool((mask != 1).any()) for mask in self.current.values()):
-            raise ValueError("the first base of a CostMeter must be the dense model")
+        self._set_current(masks)
         hidden, _ = self._sweep([], desc=None)
         with resident(self._outside):
-            if first:
-                self._reference = [F.log_softmax(self.adapter.logits(self.model, h).float(), dim=-1) for h in hidden]
-            self.base_kl = self._kl(hidden)
-        return self.base_kl
+            return self._set_base_kl(hidden)
 
     @torch.no_grad()
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
@@ -179,9 +191,7 @@ class SweepCostMeter(CostMeter):
     def _sweep(self, requests, desc: str | None) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
         """One pass over the layers: the plan's activations and, per request, the activations after
         its scope's layer with only that scope changed. Returns the final hidden states of both."""
-        captured = first_layer_inputs(self.model, self.layers, self.batches)
-        self._extras = [(args[1:], kwargs) for args, kwargs in captured]
-        base = [args[0] for args, _ in captured]
+        base = self._first_inputs()
         streams: list[list[torch.Tensor] | None] = [None] * len(requests)
         by_layer: dict[int, list[int]] = {}
         for index, (scope, _, _) in enumerate(requests):
@@ -195,14 +205,8 @@ class SweepCostMeter(CostMeter):
                         streams[i] = self._layer(layer, streams[i])
                     for i in by_layer.get(index, []):  # this layer's candidates, from the plan's input
                         scope, _, mask = requests[i]
-                        saved = self.current[scope.name].clone()
-                        self.current[scope.name].copy_(mask)
-                        self._compensate(scope.name)
-                        try:
+                        with self._changed(scope, mask):
                             streams[i] = self._layer(layer, base)
-                        finally:
-                            self.current[scope.name].copy_(saved)
-                            self._compensate(scope.name)
                     base = self._layer(layer, base)
                 candidates = len(started) + len(by_layer.get(index, []))
                 self.layer_passes += candidates
@@ -211,5 +215,5 @@ class SweepCostMeter(CostMeter):
 
     def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """``layer`` on every batch; the outputs go to CPU memory when the weights are offloaded."""
-        outputs = [self._run(layer, h, extra) for h, extra in zip(hidden, self._extras)]
+        outputs = super()._layer(layer, hidden)
         return [h.cpu() for h in outputs] if self.offloaded else outputs
