@@ -267,8 +267,8 @@ class Progress:
     """Saves every row as it is measured and prints an ETA; on ``--resume`` serves the rows already saved.
 
     Rows are reused from the interrupted run's ``<name>.partial.json``, or else from the finished
-    ``<name>.json``, when every setting the two runs share is equal; the method list may differ, so a
-    method added later is measured alone beside the rows already there.
+    ``<name>.json``, when every setting the two runs share is equal except those that only choose rows
+    (``ROW_SELECTORS``), so a method or seed added later is measured alone beside the rows already there.
     """
 
     def __init__(self, path: Path, settings: dict[str, Any], total: int, resume: bool, finished: Path | None = None):

@@ -29,14 +29,19 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def reading(rows: list[dict]) -> list[str]:
-    """One line per (model, budget): hf-prune's best vs the best peer, from the recorded ratios."""
+def measured_cells(rows: list[dict]) -> dict[tuple, dict[tuple, list[dict]]]:
+    """(model, budget) -> (who, method) -> the measured rows of that cell, one per seed."""
     cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         if "ratio" in row:
             cells[(row["model"], row["sparsity"])][(row["who"], row["method"])].append(row)
+    return cells
+
+
+def reading(rows: list[dict]) -> list[str]:
+    """One line per (model, budget): hf-prune's best vs the best peer, from the recorded ratios."""
     lines = []
-    for (model, sparsity), methods in sorted(cells.items()):
+    for (model, sparsity), methods in sorted(measured_cells(rows).items()):
         means = {key: mean([r["ratio"] for r in runs]) for key, runs in methods.items()}
         ours = {key: ratio for key, ratio in means.items() if key[0] == "hf-prune"}
         peers = {key: ratio for key, ratio in means.items() if key[0] == "peer"}
@@ -109,24 +114,22 @@ MODEL_NAMES = {"smollm2": "SmolLM2-135M (Q4_1 dequantized)", "reference": "refer
 def recommended_table(rows: list[dict]) -> list[str]:
     """The README's table of the recommended recipe against the default and the best peer, from the full run:
     each cell the mean over the seeds measured, with their count."""
-    sparsities = sorted({row["sparsity"] for row in rows if row.get("seed") is not None})
-    cells: dict[tuple, list[float]] = defaultdict(list)
-    for row in rows:
-        if "ratio" in row and row.get("seed") is not None:
-            cells[row["model"], row["method"], row["sparsity"]].append(row["ratio"])
+    seeded = [row for row in rows if row.get("seed") is not None]  # re-implemented here, not read from elsewhere
+    cells = measured_cells(seeded)
+    sparsities = sorted({sparsity for _, sparsity in cells})
     lines = ["| model | method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
              "|---|---|" + "---|" * len(sparsities)]
     for model in [m for m in MODEL_NAMES if any(key[0] == m for key in cells)]:
         first = True
         for label, shown in README_METHODS:
-            if all((model, label, s) in cells for s in sparsities):
-                values = [cells[model, label, s] for s in sparsities]
+            runs = [cells[model, s].get(("hf-prune", label)) for s in sparsities]
+            if all(runs):
                 lines.append(f"| {MODEL_NAMES[model] if first else ''} | {shown} | "
-                             + " | ".join(f"{mean(v):.3f} ({len(v)} seed{'s' if len(v) > 1 else ''})" for v in values) + " |")
+                             + " | ".join(f"{mean([r['ratio'] for r in run]):.3f} ({len(run)} seed"
+                                          f"{'s' if len(run) > 1 else ''})" for run in runs) + " |")
                 first = False
-        peers = [min(((mean(v), method) for (m, method, s), v in cells.items() if m == model and s == sparsity
-                      and any(r["method"] == method and r["who"] == "peer" for r in rows)), default=None)
-                 for sparsity in sparsities]
+        peers = [min(((mean([r["ratio"] for r in run]), method) for (who, method), run in cells[model, s].items()
+                      if who == "peer"), default=None) for s in sparsities]
         if all(peers):
             lines.append("| | best re-implemented peer | " + " | ".join(f"{v:.3f} ({name})" for v, name in peers) + " |")
     return lines
