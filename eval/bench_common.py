@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prune  # noqa: F401  (registers the pruned classes)
-from hf_prune.evaluate import fixed_token_set, paired_comparison, window_nll
+from hf_prune.quality import fixed_token_set, paired_comparison, window_nll
 
 EVAL_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = EVAL_DIR / "reference"

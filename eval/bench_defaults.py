@@ -23,8 +23,8 @@ import torch
 from bench_common import REFERENCE_DIR, Bench, Timer, ratio_cell, write_results
 from hf_prune import PruningConfig, prune
 from hf_prune.adapters import get_adapter
-from hf_prune.cli import DEFAULT_MODEL_DIR
-from hf_prune.evaluate import default_corpus_dir
+from hf_prune.data import DEFAULT_MODEL_DIR
+from hf_prune.corpus import default_corpus_dir
 from hf_prune.pruner import calibration_ids, collect_statistics
 
 #: label -> PruningConfig fields; every data-driven criterion shares one statistics pass per seed

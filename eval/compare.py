@@ -56,8 +56,8 @@ from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR, save_ratio_figure
 from baselines import common, flap, llm_pruner, random_pruning, shortgpt, wanda_sp
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
-from hf_prune.evaluate import NEXT_SENTENCE_TASK, fixed_token_set, window_nll
-from hf_prune.evaluate import evaluate as lm_eval_quality
+from hf_prune.quality import NEXT_SENTENCE_TASK, fixed_token_set, window_nll
+from hf_prune.quality import evaluate as lm_eval_quality
 from hf_prune.masks import GroupMasks, keep_masks
 from hf_prune.pruner import apply_pruning, calibration_ids, count_parameters, make_plan
 from hf_prune.statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure every number eval/README.md states about a trained model, in one reproducible run.
 
-For a checkpoint it reports: lm-eval held-out metrics (``hf_prune.evaluate.evaluate``), the same
+For a checkpoint it reports: lm-eval held-out metrics (``hf_prune.quality.evaluate``), the same
 token perplexity from the independent torch rolling loop (their relative difference), the
 add-one unigram baseline on the same test tokens, and the paired perplexity on two fixed token
 sets drawn with different seeds (the sampling spread a single token set hides), and how much
@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hf_prune import evaluate as ev  # noqa: E402
+from hf_prune.corpus import default_corpus_dir, load_documents, resolve_split_file  # noqa: E402
+from hf_prune import quality as ev  # noqa: E402
 
 
 def zero_random_mlp_neurons(model, fraction: float, seed: int):
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    corpus = args.corpus or ev.default_corpus_dir()
+    corpus = args.corpus or default_corpus_dir()
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     seq_len = ev.model_max_length(model)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     report["lm_eval_seconds"] = round(time.time() - t0, 1)
 
     t0 = time.time()
-    docs = ev.load_documents(ev.resolve_split_file(corpus))
+    docs = load_documents(resolve_split_file(corpus))
     total_ll, n_tok = 0.0, 0
     for d in docs:
         ll, n = ev.rolling_loglikelihood(model, tok, d, max_length=seq_len)

@@ -169,7 +169,7 @@ def dense_perplexity(out_dir: Path, windows: int, seq_len: int) -> dict:
     token set every paired comparison of this model uses; recorded beside the checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_prune.evaluate import fixed_token_set, paired_perplexity
+    from hf_prune.quality import fixed_token_set, paired_perplexity
 
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()

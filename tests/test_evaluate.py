@@ -1,4 +1,4 @@
-"""hf_prune.evaluate / hf-prune eval: lm-eval agrees with a plain torch loop; paired helpers; errors."""
+"""hf_prune.quality / hf-prune eval: lm-eval agrees with a plain torch loop; paired helpers; errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from hf_prune import eval_cli
-from hf_prune import evaluate as ev
+from hf_prune.corpus import MissingCorpusError, load_documents
+from hf_prune import quality as ev
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the river runs past the old stone mill and the children watch the water while their mother "
@@ -67,7 +68,7 @@ def toy(corpus, tmp_path_factory):
 def test_lm_eval_perplexity_matches_a_plain_torch_loop(toy, corpus):
     model, tok = toy
     res = ev.evaluate(model, tok, test_file=corpus / "test.jsonl", tasks=[ev.PERPLEXITY_TASK], batch_size=4)
-    docs = ev.load_documents(corpus / "test.jsonl")
+    docs = load_documents(corpus / "test.jsonl")
     scored = [ev.rolling_loglikelihood(model, tok, d) for d in docs]
     total_ll = sum(ll for ll, _ in scored)
     n_tokens = sum(n for _, n in scored)
@@ -118,8 +119,8 @@ def test_fixed_token_set_is_seeded_and_paired_helpers_agree(toy, corpus):
 def test_token_set_roundtrip(tmp_path, toy, corpus):
     _, tok = toy
     a = ev.fixed_token_set(tok, corpus, num_windows=4, seq_len=16)
-    ev.save_token_set(a, tmp_path / "set.pt", seed=0, source="fixture")
-    assert torch.equal(ev.load_token_set(tmp_path / "set.pt"), a)
+    ev.save_token_set(a, tmp_path / "set.safetensors", seed=0, source="fixture")
+    assert torch.equal(ev.load_token_set(tmp_path / "set.safetensors"), a)
 
 
 def test_unigram_baseline_is_finite(toy, corpus):
@@ -130,7 +131,7 @@ def test_unigram_baseline_is_finite(toy, corpus):
 
 def test_missing_corpus_names_the_file_and_the_fix(tmp_path, monkeypatch, toy):
     monkeypatch.setenv("HF_PRUNE_CORPUS", str(tmp_path / "empty"))
-    with pytest.raises(ev.MissingCorpusError, match=r"empty/test\.jsonl.*prepare_corpus\.py"):
+    with pytest.raises(MissingCorpusError, match=r"empty/test\.jsonl.*prepare_corpus\.py"):
         ev.evaluate(*toy)
 
 
@@ -157,7 +158,7 @@ def test_embedded_default_model_loads_offline_and_is_small():
     """The package's default model: standard Auto classes, <= 3 MB of weights, prunable GQA shape."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    d = ev.DEFAULT_MODEL_DIR
+    d = eval_cli.DEFAULT_MODEL_DIR
     assert (d / "model.safetensors").stat().st_size <= 3_000_000
     model = AutoModelForCausalLM.from_pretrained(d)
     tok = AutoTokenizer.from_pretrained(d)

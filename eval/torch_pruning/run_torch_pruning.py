@@ -25,7 +25,7 @@ Sub-commands (see ``eval/torch_pruning/README.md`` for the order):
 * ``prune`` -- (TP venv) for each target share of prunable (attention + MLP) parameters removed,
   bisect the recipe's ``pruning_ratio`` so that the achieved share is closest, prune, save with
   ``save_pretrained`` (safetensors) under ``/tmp/tp_models/``.
-* ``evaluate`` -- (main venv) ``hf_prune.evaluate.paired_comparison`` of each saved model against the
+* ``evaluate`` -- (main venv) ``hf_prune.quality.paired_comparison`` of each saved model against the
   dense one on ``fixed_token_set(tok, test.jsonl, num_windows=32, seq_len=256, seed=0)``, then write
   ``eval/results/torch_pruning_smollm2.{json,md}``.
 """
@@ -498,7 +498,7 @@ def cmd_evaluate(args) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_prune.evaluate import fixed_token_set, paired_comparison
+    from hf_prune.quality import fixed_token_set, paired_comparison
 
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
@@ -542,7 +542,7 @@ def cmd_evaluate(args) -> None:
 
 
 def plain_window_nll(model, tokens):
-    """Per-window mean next-token NLL (float64), as ``hf_prune.evaluate.window_nll`` computes it; written out
+    """Per-window mean next-token NLL (float64), as ``hf_prune.quality.window_nll`` computes it; written out
     here because hf_prune itself (transformers 5.x) cannot be imported in the Torch-Pruning venv."""
     import torch
 
@@ -559,7 +559,7 @@ def plain_window_nll(model, tokens):
 def cmd_evaluate_tp(args) -> None:
     """Cross-check in the Torch-Pruning venv: a plain torch re-computation of the same windows (the token set
     saved by ``evaluate``), dense and pruned loaded by this (older) transformers; per-window mean NLL as
-    ``hf_prune.evaluate.window_nll`` (logits[:, :-1] against tokens[:, 1:], float64 mean per window)."""
+    ``hf_prune.quality.window_nll`` (logits[:, :-1] against tokens[:, 1:], float64 mean per window)."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -721,7 +721,7 @@ def cmd_report(args) -> None:
     out = {"model": "SmolLM2-135M-Instruct, Q4_1-dequantized weights (eval/models/smollm2-135m)",
            "method": "Torch-Pruning LLM recipe (examples/LLMs/prune_llm.py), GroupMagnitudeImportance p=2 mean, "
                      "local, one ratio for hidden/MLP/heads, round_to=4; data-free (no calibration)",
-           "eval": "hf_prune.evaluate.paired_comparison on fixed_token_set(test.jsonl, 32 windows x 256, seed 0)",
+           "eval": "hf_prune.quality.paired_comparison on fixed_token_set(test.jsonl, 32 windows x 256, seed 0)",
            "timeout_check_transformers5": timeout5, "transformers_bisect": bisect,
            "roundtrip_dense_check": roundtrip, "budgets": budgets, "crosscheck_in_tp_venv": cross,
            "ratio_probes": probes}
