@@ -15,7 +15,7 @@ whole head's share of a layer's attention. ``--units all`` and ``--target emp`` 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,85 @@ TARGET_ONLY_OPTIONS = {
 def _help(text: str, default_help: str | None = None) -> dict[str, str]:
     """Field metadata: the flag's help, and what happens by default when the value (e.g. None) says nothing."""
     return {"help": text} if default_help is None else {"help": text, "default_help": default_help}
+
+
+def _flag(flag: str, text: str, default_help: str | None = None) -> dict[str, str]:
+    """Metadata of a field of a nested section: its command-line flag (which is also its flat recipe key,
+    with underscores) and its help."""
+    return {**_help(text, default_help), "flag": flag}
+
+
+@dataclass
+class RecoveryOptions:
+    """``--recover lora``: after the cut, train a peft LoRA on text, merge it into the weights, save a plain model.
+
+    A section of :class:`PruningConfig` (``config.recovery``). Its flags are written out below, so a
+    recipe may give either ``recovery: {method: lora, rank: 8}`` or the flags' names (``recover: lora``,
+    ``lora_rank: 8``).
+    """
+
+    method: str = field(default="none", metadata=_flag("recover", (
+        "recover quality after the cut: 'lora' trains a LoRA adapter (peft) on --recover-data, merges it into "
+        "the weights and saves a plain model; 'none' saves the cut model as it is")))
+    data: str | None = field(default=None, metadata=_flag("recover_data", (
+        "text to train the LoRA on, read like --calibration (a .txt/.jsonl file, a datasets name, 'builtin', "
+        "'reference'); its last --recover-eval-rows rows are held out and report perplexity before and after"),
+        default_help="the calibration text"))
+    rank: int = field(default=8, metadata=_flag("lora_rank", "LoRA rank r of every adapted Linear"))
+    alpha: float | None = field(default=None, metadata=_flag(
+        "lora_alpha", "LoRA scaling numerator alpha (the update is scaled by alpha / r)", default_help="2 x rank"))
+    steps: int = field(default=100, metadata=_flag("lora_steps", "optimizer steps of LoRA training"))
+    lr: float = field(default=2e-4, metadata=_flag("lora_lr", "AdamW learning rate of the LoRA weights"))
+    target_modules: str = field(default="all-linear", metadata=_flag("lora_targets", (
+        "comma-separated Linear names to adapt (e.g. q_proj,v_proj,down_proj), or 'all-linear' (every Linear of "
+        "the decoder layers, peft's shorthand)")))
+    samples: int = field(default=64, metadata=_flag("recover_samples", "training sequences of --recover-data"))
+    eval_rows: int = field(default=8, metadata=_flag(
+        "recover_eval_rows", "rows of --recover-data held out of training, on which perplexity is reported"))
+    batch_size: int = field(default=4, metadata=_flag("recover_batch_size", "sequences per LoRA optimizer step"))
+
+    def validate(self) -> None:
+        from .recovery import RECOVERY_METHODS
+
+        if self.method != "none" and self.method not in RECOVERY_METHODS:
+            raise ConfigError(f"unknown recovery {self.method!r}; choose one of: none, {', '.join(RECOVERY_METHODS)}")
+        for name in ("rank", "steps", "samples", "eval_rows", "batch_size"):
+            _check_positive_int(name, getattr(self, name), flag=_flag_of(self, name))
+        for name in ("lr", *(("alpha",) if self.alpha is not None else ())):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"--{_flag_of(self, name)} must be a positive number, got {value!r}")
+        if self.method == "none":
+            for f in fields(self):
+                if f.name != "method" and getattr(self, f.name) != f.default:
+                    raise ConfigError(f"--{_flag_of(self, f.name)} applies with --recover lora only; add "
+                                      "--recover lora or drop the flag")
+        if not self.target_modules or not self.target_modules.strip(", "):
+            raise ConfigError("--lora-targets names no module; pass e.g. 'all-linear' or 'q_proj,v_proj'")
+
+    @property
+    def target_module_names(self) -> str | list[str]:
+        """What peft's ``LoraConfig(target_modules=...)`` takes: 'all-linear' or a list of names."""
+        names = [name.strip() for name in self.target_modules.split(",") if name.strip()]
+        return names[0] if names == ["all-linear"] else names
+
+
+def _flag_of(section: Any, name: str) -> str:
+    return next(f.metadata["flag"] for f in fields(section) if f.name == name).replace("_", "-")
+
+
+def _check_positive_int(name: str, value: Any, flag: str | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{('--' + flag) if flag else name} must be a positive integer, got {value!r}")
+
+
+#: PruningConfig fields that are nested sections, each a dataclass whose fields carry their own flag
+SECTIONS: dict[str, type] = {"recovery": RecoveryOptions}
+
+
+def section_aliases() -> dict[str, tuple[str, str]]:
+    """Flat name (a flag with underscores, e.g. ``lora_rank``) -> (section, field) for every section field."""
+    return {f.metadata["flag"]: (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls)}
 
 
 def options_for_target(values: dict[str, Any], target: str) -> dict[str, Any]:
@@ -134,8 +213,19 @@ class PruningConfig:
         "Hyperflux: discard the state an interrupted run left in --state-dir and start from step 0"))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Hyperflux: recompute activations in the backward pass (less memory, ~30% more time)"))
+    uniform_shapes: bool = field(default=False, metadata=_help(
+        "save the result as the family's stock Llama / Mistral / Qwen2 / Qwen3 class and config (equal counts in "
+        "every layer, so --target uniform; no compensation bias): any tool loads it without hf-prune or remote code"))
+    recovery: RecoveryOptions = field(default_factory=RecoveryOptions, metadata=_help(
+        "recovery after the cut (section; flags --recover, --recover-*, --lora-*)"))
 
     def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _section_from_dict(cls, value, name))
+            elif not isinstance(value, cls):
+                raise ConfigError(f"{name} must be a {cls.__name__} or a mapping of its fields, got {value!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -190,6 +280,14 @@ class PruningConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        if self.uniform_shapes and self.target != "uniform":
+            raise ConfigError(f"--uniform-shapes needs the same counts in every layer: use --target uniform, not "
+                              f"{self.target!r}")
+        if self.uniform_shapes and self.compensate != "none":
+            raise ConfigError("--uniform-shapes: the stock classes have no place for the o_proj / down_proj bias that "
+                              "--compensate adds; drop one of the two")
         if self.target in LEARNED_TARGETS and self.steps < self.tick_every:
             raise ConfigError(f"steps ({self.steps}) must be at least tick_every ({self.tick_every}): the pressure "
                               "is updated every tick_every steps")
@@ -208,11 +306,31 @@ class PruningConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PruningConfig":
+        """From nested sections (``{"recovery": {"rank": 8}}``, as ``to_dict`` writes) or flat flag names
+        (``{"lora_rank": 8}``, as recipes and the command line give them); flat names win."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        aliases = section_aliases()
+        unknown = sorted(set(values) - known - set(aliases))
         if unknown:
             logger.warning("ignoring unknown PruningConfig keys: %s", ", ".join(unknown))
-        return cls(**{key: value for key, value in values.items() if key in known})
+        kwargs = {key: value for key, value in values.items() if key in known}
+        for name in SECTIONS:
+            section = kwargs.get(name)
+            if section is not None and is_dataclass(section):
+                section = asdict(section)
+            kwargs[name] = dict(section or {})
+        for alias, (section, name) in aliases.items():
+            if alias in values:
+                kwargs[section][name] = values[alias]
+        return cls(**kwargs)
+
+
+def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        logger.warning("ignoring unknown %s keys: %s", section, ", ".join(unknown))
+    return cls(**{key: value for key, value in values.items() if key in known})
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
