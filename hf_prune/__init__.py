@@ -19,6 +19,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AutoPrunedModelForCausalLM": ".auto", "HubTarget": ".pipeline", "QualityCheck": ".pipeline",
+    "prune_pretrained": ".pipeline", "RecoveryOptions": ".config",
     "SUPPORTED_MODEL_TYPES": ".adapters", "get_adapter": ".adapters",
     "load_model": ".checkpoint", "save_pruned": ".checkpoint",
     "PruningConfig": ".config", "HfPruneError": ".errors",

@@ -39,6 +39,15 @@ def resolve_dtype(name: str) -> torch.dtype | str:
     return DTYPES[name]
 
 
+def restore_checkpoint_dtype(model, source_dtype) -> None:
+    """On a CPU, 'auto' computes in float32; the pruned checkpoint is still written in the dtype the
+    base checkpoint was stored in, so pruning never makes the files larger."""
+    if isinstance(source_dtype, str):
+        source_dtype = getattr(torch, source_dtype, None)
+    if isinstance(source_dtype, torch.dtype) and source_dtype.is_floating_point and model.dtype != source_dtype:
+        model.to(source_dtype)
+
+
 def load_config(name_or_path: str) -> Any:
     """Read only the config, to refuse an unsupported architecture before any weight is loaded."""
     local = Path(name_or_path).expanduser()

@@ -19,7 +19,6 @@ import argparse
 import logging
 import shlex
 import sys
-import time
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -27,14 +26,15 @@ from pathlib import Path
 
 from . import __version__
 from .allocation import ALLOCATORS, PLANNERS
-from .config import COMPENSATION, GATE_INIT, LEARNED_TARGETS, UNITS, PruningConfig, load_recipe
-from .data import BUILTIN
-from .errors import HfPruneError
+from .config import (COMPENSATION, GATE_INIT, LEARNED_TARGETS, SECTIONS, UNITS, PruningConfig,
+                     load_recipe, section_aliases)
+from .errors import ConfigError, HfPruneError
 from .importance import IMPORTANCE_REGISTRY
+from .quality.local_tasks import LOCAL_TASKS
+from .recovery import RECOVERY_METHODS
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
-DEFAULT_MODEL_NAME = "hf-prune embedded default (tiny trained Llama)"
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+QUALITY_GATE_FAILED = 3  # --min-retention not met: saved locally, not pushed
 logger = logging.getLogger("hf_prune")
 
 USAGE_EPILOG = """\
@@ -48,14 +48,17 @@ examples:
       wikitext-2-raw-v1 --sparsity 0.2 --output pruned/
   hf-prune --target search --sparsity 0.35 --output pruned/   # measured costs; may remove whole sublayers
   hf-prune --recipe recipes/llama.yaml --model DIR --output pruned/
+  hf-prune --target emp --sparsity 0.3 --recover lora --min-retention 0.9 --push-to-hub me/llama-pruned
 
-exit status: 0 done, 2 bad input (one line names the problem and the fix), 130 interrupted (Ctrl-C).
+exit status: 0 done; 2 bad input or a failed upload (one line names the problem and the fix; a written
+  checkpoint is kept); 3 below --min-retention (saved locally, not pushed); 130 interrupted (Ctrl-C).
 """
 
 
 def _choices() -> dict[str, list[str]]:
     return {"target": sorted([*ALLOCATORS, *PLANNERS]), "importance": sorted(IMPORTANCE_REGISTRY),
-            "units": list(UNITS), "compensate": list(COMPENSATION), "gate_init": list(GATE_INIT)}
+            "units": list(UNITS), "compensate": list(COMPENSATION), "gate_init": list(GATE_INIT),
+            "recover": ["none", *RECOVERY_METHODS]}
 
 
 def _help_text(metadata: typing.Mapping[str, str], default: object) -> str:
@@ -64,20 +67,32 @@ def _help_text(metadata: typing.Mapping[str, str], default: object) -> str:
     return f"{metadata['help']} (default: {shown})".replace("%", "%%")
 
 
+def _config_options() -> list[tuple[str, typing.Any, type]]:
+    """(flat name, field, its type) of every PruningConfig option: top-level fields, then each section's
+    fields under their own flag names (``recovery.rank`` is ``--lora-rank``)."""
+    options = []
+    for owner, prefix in ((PruningConfig, None), *((cls, name) for name, cls in SECTIONS.items())):
+        hints = typing.get_type_hints(owner)
+        for f in fields(owner):
+            if prefix is None and f.name in SECTIONS:
+                continue
+            options.append((f.metadata.get("flag", f.name), f, hints[f.name]))
+    return options
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(PruningConfig)
     choices = _choices()
-    for f in fields(PruningConfig):
-        flag = "--" + f.name.replace("_", "-")
+    for name, f, kind in _config_options():
+        flag = "--" + name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         help_text = _help_text(f.metadata, default)
-        kind = hints[f.name]
         if isinstance(kind, types.UnionType):
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
         else:
-            parser.add_argument(flag, type=kind, choices=choices.get(f.name), default=argparse.SUPPRESS,
+            parser.add_argument(flag, dest=name, type=kind, choices=choices.get(name), default=argparse.SUPPRESS,
                                 help=help_text)
 
 
@@ -114,13 +129,36 @@ def build_prune_parser() -> argparse.ArgumentParser:
                                 "plan is then applied to the full-precision weights. Needs bitsandbytes (GPU, or its CPU backend)")
     quantized.add_argument("--load-in-8bit", action="store_true",
                            help="Hyperflux: like --load-in-4bit, with an 8-bit (LLM.int8) base")
+    evaluation = parser.add_argument_group("quality (lm-eval) and publishing")
+    evaluation.add_argument("--eval-tasks", default=None,
+                            help="score dense, pruned (and recovered) models with lm-eval on these comma-separated "
+                                 f"tasks: the local held-out tasks ({', '.join(LOCAL_TASKS)}) or any lm-eval task "
+                                 "(hellaswag, arc_easy, ...); prints retention per task and writes it into the model "
+                                 "card (default: no scoring; with --min-retention: the local tasks)")
+    evaluation.add_argument("--eval-data", default=None,
+                            help="held-out text of the local tasks: a .jsonl/.txt file, a corpus directory holding "
+                                 "test.jsonl, or 'builtin' (default: builtin, the held-out sample shipped with hf-prune)")
+    evaluation.add_argument("--eval-limit", type=int, default=None,
+                            help="at most this many documents / items per task (default: all)")
+    evaluation.add_argument("--eval-batch-size", type=int, default=16, help="lm-eval batch size (default: 16)")
+    evaluation.add_argument("--min-retention", type=float, default=None,
+                            help="quality gate: every task must keep at least this share of the dense score "
+                                 "(pruned / dense; dense / pruned for perplexity); below it the model is saved "
+                                 "but not pushed and the command exits 3 (default: no gate)")
+    evaluation.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                            help="upload the checkpoint, tokenizer, modeling file and model card to this Hub repo "
+                                 "(created if missing) after it is written; the token comes from HF_TOKEN or "
+                                 "`hf auth login` (default: no upload)")
+    evaluation.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
+    evaluation.add_argument("--revision", default=None, help="branch of the --push-to-hub repo to push to "
+                                                               "(created if missing; default: main)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> PruningConfig:
     """Field defaults < recipe < explicit flags; an explicit --beta drops a recipe's sparsity and vice versa."""
-    names = {f.name for f in fields(PruningConfig)}
+    names = {f.name for f in fields(PruningConfig)} | set(section_aliases())
     explicit = {name: value for name, value in vars(args).items() if name in names}
     values = load_recipe(args.recipe) if args.recipe else {}
     values.update(explicit)
@@ -135,74 +173,28 @@ def resolve_config(args: argparse.Namespace) -> PruningConfig:
     return PruningConfig.from_dict(values)
 
 
-def restore_checkpoint_dtype(model, source_dtype) -> None:
-    """On a CPU, 'auto' computes in float32; the pruned checkpoint is still written in the dtype the
-    base checkpoint was stored in, so pruning never makes the files larger."""
-    import torch
+def quality_check(args: argparse.Namespace):
+    """The lm-eval scoring the flags ask for: --eval-tasks, or the local tasks when only --min-retention is given."""
+    if args.eval_tasks is None and args.min_retention is None:
+        return None
+    from .pipeline import QualityCheck
 
-    if isinstance(source_dtype, str):
-        source_dtype = getattr(torch, source_dtype, None)
-    if isinstance(source_dtype, torch.dtype) and source_dtype.is_floating_point and model.dtype != source_dtype:
-        model.to(source_dtype)
+    return QualityCheck(tasks=args.eval_tasks or ",".join(LOCAL_TASKS), heldout=args.eval_data, limit=args.eval_limit,
+                        batch_size=args.eval_batch_size, min_retention=args.min_retention)
 
 
 def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
-    from rich.console import Console
+    from .pipeline import HubTarget, prune_pretrained
 
-    from .checkpoint import check_quantization_available, load_config, load_model, prepare_output_dir, save_pruned
-    from .distributed import process_state
-    from .errors import ConfigError
-    from .hyperflux.trainer import check_saved_state
-    from .offload import has_offloaded_weights
-    from .pruner import apply_pruning, calibration_ids, make_plan, needs_calibration
-    from .report import print_summary, write_run_artifacts
-
-    state = process_state()
-    console = Console(quiet=not state.is_main_process)
-    if args.model is None and config.calibration is None and needs_calibration(config):
-        # the embedded default calibrates on the text shipped with it, so every target works right after
-        # install; any other model must be given text of its own domain
-        config.calibration = BUILTIN
-    model_id = args.model or str(DEFAULT_MODEL_DIR)
-    base_name = args.model or DEFAULT_MODEL_NAME
+    quality = quality_check(args)
+    hub = HubTarget(args.push_to_hub, private=args.private, revision=args.revision) if args.push_to_hub else None
+    if hub is None and (args.private or args.revision):
+        raise ConfigError("--private and --revision apply to --push-to-hub; add --push-to-hub REPO_ID or drop them")
     quantize_bits = 4 if args.load_in_4bit else 8 if args.load_in_8bit else None
-    if quantize_bits is not None:
-        if config.target not in LEARNED_TARGETS:
-            raise ConfigError(f"--load-in-{quantize_bits}bit applies to --target hyperflux only: the other targets "
-                              "read full-precision weights")
-        check_quantization_available(quantize_bits)
-    prepare_output_dir(args.output, args.overwrite)  # fail before the slow part, not after it
-    if config.target in LEARNED_TARGETS:
-        check_saved_state(config.state_dir, resume=config.resume, restart=config.restart)
-    source_dtype = getattr(load_config(model_id), "dtype", None)
-
-    started = time.perf_counter()
-    console.print(f"loading {model_id}")
-    device_map = args.device_map
-    if device_map is None and state.num_processes > 1:
-        device_map = {"": state.device}
-    model, tokenizer = load_model(model_id, dtype=args.dtype, device_map=device_map, quantize_bits=quantize_bits)
-    input_ids = calibration_ids(model, tokenizer, config)
-    plan = make_plan(model, config, input_ids)
-    if quantize_bits is not None:  # gates were learned on the quantized base: cut the real weights
-        del model
-        model, _ = load_model(model_id, dtype=args.dtype, device_map=device_map)
-    elif has_offloaded_weights(model):  # offloaded weights live in accelerate's store: cut a copy in CPU memory
-        del model
-        console.print(f"reloading {model_id} into CPU memory for the cut (--device-map offloaded its weights)")
-        model, _ = load_model(model_id, dtype=args.dtype, device_map=None)
-    report = apply_pruning(model, config, plan)
-    if args.dtype == "auto":
-        restore_checkpoint_dtype(model, source_dtype)
-    if state.is_main_process:
-        output = save_pruned(model, tokenizer, args.output, overwrite=args.overwrite,
-                             write_extras=lambda directory: write_run_artifacts(report, base_name, directory))
-        print_summary(report, console)
-        console.print(f"wrote {output} in {time.perf_counter() - started:.1f}s; reload with "
-                      f"AutoModelForCausalLM.from_pretrained({str(output)!r}) after `import hf_prune`, "
-                      "or with trust_remote_code=True without it")
-    state.wait_for_everyone()
-    return 0
+    _, report = prune_pretrained(args.model, config, dtype=args.dtype, device_map=args.device_map,
+                                 quantize_bits=quantize_bits, quality=quality, output_dir=args.output,
+                                 overwrite=args.overwrite, push_to_hub=hub)
+    return QUALITY_GATE_FAILED if report.quality.get("passed") is False else 0
 
 
 def interrupted_message(argv: list[str], config: PruningConfig | None) -> str:
@@ -228,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_prune_parser().parse_args(parse_argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # lm-eval warns per over-long item (it truncates them, as it should); -v shows it
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
     config = None
     try:
         config = resolve_config(args)

@@ -7,7 +7,7 @@ checkpoint); this module only orders them and records what happened in a :class:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 from . import __version__
 from .adapters import PrunableScope, get_adapter
 from .allocation import ALLOCATORS, PLANNERS, AllocationRequest, allocate_uniform
-from .calibration import CalibrationSource, load_calibration
+from .calibration import load_calibration
 from .checkpoint import as_pruned_model
 from .compensation import compensate
+from .corpus import TextSource
 from .config import LEARNED_TARGETS, PruningConfig
 from .data import BUILTIN
 from .errors import BudgetError, ConfigError
@@ -44,6 +45,9 @@ class LayerSummary:
 
 @dataclass
 class PruningReport:
+    """What a run did. Everything but the plan, the scores and the trajectory also lives in the pruned
+    model's ``config.hf_prune`` (:meth:`to_info`), so the model card can be rebuilt from a saved checkpoint."""
+
     config: dict[str, Any]
     layers: list[LayerSummary]
     params_before: int
@@ -60,6 +64,15 @@ class PruningReport:
     trajectory: list[dict[str, Any]] = field(repr=False, default_factory=list)
     #: (name, groups) of the scopes that were pruned, in order: labels of the trajectory's "open" lists
     pruned_scopes: list[tuple[str, int]] = field(default_factory=list)
+    #: whether importance scores chose the groups (not so for Hyperflux gates that started uniform)
+    scored: bool = False
+    #: the model that was pruned (Hub id, or a name for a local one), set by the pipeline
+    base_model: str | None = None
+    #: lm-eval retention table and quality gate (:mod:`hf_prune.quality.retention`), when evaluated
+    quality: dict[str, Any] = field(default_factory=dict)
+    #: recovery after the cut (:mod:`hf_prune.recovery`): method, perplexity before / after, cost
+    recovery: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
 
     @property
     def achieved_sparsity(self) -> float:
@@ -72,6 +85,22 @@ class PruningReport:
         values.pop("trajectory")
         values["achieved_sparsity"] = self.achieved_sparsity
         return values
+
+    def to_info(self) -> dict[str, Any]:
+        """The report as stored in ``config.hf_prune`` of the pruned model (no plan, scores or trajectory)."""
+        values = self.to_dict()
+        values.pop("plan")
+        values["achieved_sparsity"] = round(self.achieved_sparsity, 6)
+        return values
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "PruningReport":
+        """Rebuild the report of a saved pruned model from its ``config.hf_prune``."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in info.items() if key in known}
+        values["layers"] = [LayerSummary(**row) for row in values.get("layers", [])]
+        values["pruned_scopes"] = [tuple(pair) for pair in values.get("pruned_scopes", [])]
+        return cls(**values)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -109,17 +138,22 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> 
             f" with --compensate {config.compensate}" if config.compensate != "none" else "")
         raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|DATASET (text "
                           f"of your model's domain), or '{BUILTIN}' for the small English sample shipped with hf-prune")
-    limit = getattr(model.config, "max_position_embeddings", None)
-    seq_len = config.seq_len
-    if seq_len is None:
-        seq_len = min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
-    elif limit and seq_len > limit:
-        logger.warning("seq_len %d exceeds the model's max_position_embeddings %d; using %d", seq_len, limit, limit)
-        seq_len = limit
-    source = CalibrationSource(config.calibration, config.calibration_config, config.calibration_split,
-                               config.calibration_column)
+    source = TextSource(config.calibration, config.calibration_config, config.calibration_split,
+                        config.calibration_column)
     return load_calibration(source, tokenizer, samples=config.calibration_samples + config.held_out_rows,
-                            seq_len=seq_len, seed=config.seed)
+                            seq_len=resolve_seq_len(model, config.seq_len), seed=config.seed)
+
+
+def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
+    """Rows as long as asked, at most the model's context (a longer request is capped with a warning);
+    by default the model's context, at most :data:`DEFAULT_SEQ_LEN`."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
+    if limit and seq_len > limit:
+        logger.warning("seq_len %d exceeds the model's max_position_embeddings %d; using %d", seq_len, limit, limit)
+        return limit
+    return seq_len
 
 
 def _needed_statistics(config: PruningConfig) -> set[str]:
@@ -263,15 +297,10 @@ def apply_pruning(model: nn.Module, config: PruningConfig, plan: PruningPlan) ->
         scores=plan.scores,
         trajectory=plan.trajectory,
         pruned_scopes=[(s.name, s.num_groups) for s in scopes_before if s.name in plan.kept],
+        scored=bool(plan.scores),
+        base_model=getattr(model, "name_or_path", None) or None,
     )
-    info = {
-        "version": __version__,
-        "config": config.to_dict(),
-        "allocation": plan.details,
-        "achieved_sparsity": round(report.achieved_sparsity, 6),
-        "params_before": report.params_before,
-        "params_after": report.params_after,
-    }
+    info = report.to_info()
     as_pruned_model(model, scopes_after, info)
     logger.info("pruned %s -> %s parameters (%.2f%% of prunable removed)",
                 f"{params_before:,}", f"{report.params_after:,}", 100 * report.achieved_sparsity)

@@ -1,7 +1,7 @@
 """Human-facing output of a pruning run: the terminal table, a model card, a plot, the scores.
 
 Written beside the checkpoint:
-- ``README.md``: the model card (what was done, how to load, kept groups per layer);
+- ``README.md``: the model card (:mod:`hf_prune.card`);
 - ``hf_prune_report.json``: config, per-layer counts, parameter counts, β, calibration tokens/time;
 - ``allocation.png``: kept fraction per layer (EMP vs uniform at the same budget, when both exist);
 - ``importance.safetensors``: the per-group scores of every pruned scope, for reuse and inspection;
@@ -96,8 +96,8 @@ def run_options(report: PruningReport) -> dict[str, object]:
     EMP run; no importance for Hyperflux gates that started uniform, since no score was used)."""
     config = report.config
     options = {key: value for key, value in options_for_target(config, config["target"]).items()
-               if value is not None and key not in ("state_dir", "resume", "restart")}
-    if not report.scores:
+               if value is not None and key not in ("state_dir", "resume", "restart", "recovery")}
+    if not report.scored:
         options.pop("importance", None)
     read_text = bool(report.calibration_tokens) or config["target"] in LEARNED_TARGETS
     if not read_text:
@@ -108,47 +108,8 @@ def run_options(report: PruningReport) -> dict[str, object]:
 
 def plot_title(report: PruningReport) -> str:
     """Target, the importance only when scores decided the plan, and the achieved sparsity."""
-    importance = f", importance {report.config['importance']}" if report.scores else ""
+    importance = f", importance {report.config['importance']}" if report.scored else ""
     return f"{report.config['target']}{importance}, achieved sparsity {report.achieved_sparsity:.1%}"
-
-
-def model_card(report: PruningReport, base_model: str) -> str:
-    """A README.md for the pruned checkpoint: what was done and how to load it."""
-    rows = "\n".join(
-        f"| {row.layer} | {row.kv_groups_after}/{row.kv_groups_before} | {row.neurons_after}/{row.neurons_before} |"
-        for row in report.layers
-    )
-    options = ", ".join(f"`{key}={value}`" for key, value in run_options(report).items())
-    bullets = "\n".join(f"- {line}" for line in summary_lines(report))
-    return f"""---
-library_name: transformers
-base_model: {base_model}
-tags: [hf-prune, pruned, structured-pruning]
----
-# Structurally pruned {base_model}
-
-Pruned with hf-prune ({options}). Whole KV groups (a key/value head with its query heads) and MLP
-neurons were removed (a layer at 0 lost that whole sublayer), so the weights are physically smaller.
-
-{bullets}
-
-## Load
-
-```python
-import hf_prune  # registers the pruned classes
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("<this directory or repo>")
-# without hf_prune installed (the tokenizer reads the config too):
-model = AutoModelForCausalLM.from_pretrained("<this directory or repo>", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("<this directory or repo>", trust_remote_code=True)
-```
-
-## Kept per layer
-
-| layer | KV groups | MLP neurons |
-|---:|---:|---:|
-{rows}
-"""
 
 
 def save_allocation_plot(report: PruningReport, path: Path) -> None:
@@ -182,11 +143,14 @@ def save_allocation_plot(report: PruningReport, path: Path) -> None:
     plt.close(figure)
 
 
-def write_run_artifacts(report: PruningReport, base_model: str, directory: Path) -> None:
+def write_run_artifacts(report: PruningReport, directory: Path, repo_id: str | None = None) -> None:
+    """The model card (naming ``repo_id`` when it is pushed there), the report, the allocation plot, the
+    scores and the Hyperflux trajectory."""
+    from .card import model_card
+
     directory = Path(directory)
-    (directory / "README.md").write_text(model_card(report, base_model))
-    (directory / "hf_prune_report.json").write_text(json.dumps(
-        {key: value for key, value in report.to_dict().items() if key != "plan"}, indent=2))
+    model_card(report, repo_id).save(directory / "README.md")
+    (directory / "hf_prune_report.json").write_text(json.dumps(report.to_info(), indent=2))
     save_allocation_plot(report, directory / "allocation.png")
     if report.trajectory and report.config["target"] in LEARNED_TARGETS:
         names, sizes = zip(*report.pruned_scopes)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from transformers import AutoModelForCausalLM
 
-from hf_prune.cli import DEFAULT_MODEL_DIR
+from hf_prune.data import DEFAULT_MODEL_DIR
 from hf_prune.testing import write_calibration_file
 
 from ._subprocess import run_python

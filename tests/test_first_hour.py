@@ -62,9 +62,11 @@ def test_help_documents_verbs_defaults_and_tasks():
 
 
 def test_eval_help_lists_the_tasks_evaluate_runs():
-    from hf_prune import eval_cli, evaluate
+    from hf_prune import eval_cli, quality
+    from hf_prune.quality import local_tasks
 
-    assert eval_cli.TASKS == evaluate.DEFAULT_TASKS, "eval_cli names them without importing evaluate (torch)"
+    assert eval_cli.LOCAL_TASKS == quality.LOCAL_TASKS
+    assert sorted(local_tasks.LOCAL_TASKS) == sorted(p.stem for p in local_tasks.TASKS_DIR.glob("*.yaml"))
 
 
 def test_version():
@@ -139,7 +141,7 @@ def test_generate_on_the_embedded_default_does_not_warn():
     result = run_python("""
         import hf_prune.cli
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        path = hf_prune.cli.DEFAULT_MODEL_DIR
+        path = hf_prune.data.DEFAULT_MODEL_DIR
         model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         model.generate(**tok("The Lord is", return_tensors="pt"), max_new_tokens=5, do_sample=False)
     """)
@@ -278,8 +280,6 @@ def test_sparsity_zero_is_refused(tmp_path):
 
 
 def test_plot_title_names_an_importance_only_when_scores_were_used():
-    import torch
-
     from hf_prune.pruner import PruningReport
     from hf_prune.report import plot_title
 
@@ -287,5 +287,5 @@ def test_plot_title_names_an_importance_only_when_scores_were_used():
     report = PruningReport(config=config, layers=[], params_before=10, params_after=7, prunable_before=10,
                            prunable_after=7)
     assert plot_title(report) == "hyperflux, achieved sparsity 30.0%"
-    report.scores = {"model.layers.0.mlp": torch.ones(3)}
+    report.scored = True
     assert plot_title(report) == "hyperflux, importance activation, achieved sparsity 30.0%"

@@ -247,12 +247,12 @@ def test_offloaded_model_from_the_command_line_is_cut_in_cpu_memory(capsys, tmp_
     memory for the cut (accelerate's store holds the real weights): the checkpoint equals the in-memory run's."""
     from accelerate import cpu_offload
 
-    import hf_prune.checkpoint
+    import hf_prune.pipeline
 
     argv = ["--target", "search", "--sparsity", "0.35", "--mlp-levels", "4", "--refine-rounds", "1",
             "--calibration-samples", "8", "--seq-len", "64", "--sequential"]
     assert main([*argv, "--output", str(tmp_path / "in_memory")]) == 0
-    load_model, calls = hf_prune.checkpoint.load_model, []
+    load_model, calls = hf_prune.pipeline.load_model, []
 
     def offloading(*args, device_map=None, **kwargs):
         model, tokenizer = load_model(*args, device_map=device_map, **kwargs)
@@ -261,7 +261,7 @@ def test_offloaded_model_from_the_command_line_is_cut_in_cpu_memory(capsys, tmp_
             cpu_offload(model, execution_device=torch.device("cpu"))
         return model, tokenizer
 
-    monkeypatch.setattr(hf_prune.checkpoint, "load_model", offloading)
+    monkeypatch.setattr(hf_prune.pipeline, "load_model", offloading)
     capsys.readouterr()
     assert main([*argv, "--output", str(tmp_path / "offloaded")]) == 0
     assert "reloading" in capsys.readouterr().out and len(calls) == 2 and calls[1] is None

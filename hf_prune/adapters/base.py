@@ -92,3 +92,8 @@ class ModelAdapter(ABC):
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits from the last decoder layer's output (final norm, then the LM head), so a
         search can run the model from any layer on cached inputs."""
+
+    @abstractmethod
+    def stock_config_values(self, model: nn.Module) -> dict[str, int]:
+        """The config fields of the family's stock (unpruned) class that describe ``model``'s current shapes,
+        when every layer has the same counts and no sublayer was removed; otherwise a ConfigError saying why."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..modeling.modeling_hf_prune import RemovedSublayer
 from .base import COLUMNS, ROWS, LinearSlice, ModelAdapter, PrunableScope
 
@@ -36,6 +37,22 @@ class LlamaLayoutAdapter(ModelAdapter):
             if not isinstance(layer.mlp, RemovedSublayer):
                 scopes.append(self._mlp_scope(index, prefix, layer.mlp))
         return scopes
+
+    def stock_config_values(self, model: nn.Module) -> dict[str, int]:
+        layers = self.decoder_layers(model)
+        if any(isinstance(layer.self_attn, RemovedSublayer) or isinstance(layer.mlp, RemovedSublayer)
+               for layer in layers):
+            raise ConfigError("--uniform-shapes: a whole sublayer was removed, which no stock config expresses")
+        attention = layers[0].self_attn
+        head_dim = attention.head_dim
+        kv_heads = {layer.self_attn.k_proj.out_features // head_dim for layer in layers}
+        widths = {layer.mlp.down_proj.in_features for layer in layers}
+        if len(kv_heads) > 1 or len(widths) > 1:
+            raise ConfigError(f"--uniform-shapes needs equal counts in every layer, got KV heads {sorted(kv_heads)} "
+                              f"and MLP widths {sorted(widths)}: use --target uniform")
+        kv = kv_heads.pop()
+        return {"num_key_value_heads": kv, "num_attention_heads": kv * attention.num_key_value_groups,
+                "intermediate_size": widths.pop(), "head_dim": head_dim}
 
     @staticmethod
     def _attention_scope(index: int, prefix: str, attention: nn.Module) -> PrunableScope:

@@ -17,5 +17,8 @@ from pathlib import Path
 
 BUILTIN = "builtin"
 DATA_DIR = Path(__file__).resolve().parent
+#: the tiny trained Llama that ships in the package: every command works on it right after install
+DEFAULT_MODEL_DIR = DATA_DIR.parent / "default_model"
+DEFAULT_MODEL_NAME = "hf-prune embedded default (tiny trained Llama)"
 CALIBRATION_FILE = DATA_DIR / "calibration.jsonl"
 HELDOUT_FILE = DATA_DIR / "heldout.jsonl"

@@ -141,6 +141,18 @@ class PrunedShapesMixin:
         resize_linear_modules(self, getattr(self.config, SHAPES_FIELD, None))
         super().post_init()
 
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """With hf_prune installed, upload what ``hf-prune --push-to-hub`` uploads (checkpoint, tokenizer —
+        ``tokenizer=`` or the source model's —, this modeling file, hf-prune's model card); without it,
+        transformers' own ``push_to_hub``."""
+        try:
+            from hf_prune.hub import push_pruned_model
+        except ImportError:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        if args:
+            raise TypeError("push_to_hub of a pruned model takes repo_id and keyword arguments only")
+        return push_pruned_model(self, repo_id, **kwargs)
+
 
 class PrunedLlamaConfig(LlamaConfig):
     model_type = "hf_prune_llama"

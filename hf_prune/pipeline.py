@@ -1,0 +1,282 @@
+"""The whole user path, once: load → calibrate → plan → cut → recover → evaluate → save → push.
+
+:func:`prune_pretrained` is the one place that orders these steps; the ``hf-prune`` command, prune-on-load
+(:class:`hf_prune.AutoPrunedModelForCausalLM`) and the Python API all call it, so a flag and the keyword
+argument it maps to cannot mean different things. Each step is delegated (checkpoint, pruner, recovery,
+quality, card, hub); this module decides only their order and what happens when one of them says no:
+
+- options are checked, and the output directory probed, before the model is loaded;
+- gates learned on a 4/8-bit base are applied to a full-precision reload, and a model offloaded by
+  ``device_map`` is reloaded into CPU memory for the cut;
+- the dense model is scored before the cut, the pruned one after it and again after recovery;
+- below ``--min-retention`` the checkpoint is still written locally but not pushed
+  (:attr:`PruningReport.quality` ``["passed"]`` is False; the command exits 3);
+- a failed upload leaves the local checkpoint in place (:class:`hf_prune.hub.HubError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from transformers import PreTrainedModel
+
+from .checkpoint import (check_quantization_available, load_config, load_model, prepare_output_dir,
+                         restore_checkpoint_dtype, save_pruned)
+from .config import LEARNED_TARGETS, PruningConfig
+from .corpus import TextSource
+from .data import BUILTIN, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
+from .distributed import process_state
+from .errors import ConfigError
+from .offload import has_offloaded_weights
+from .pruner import PruningReport, apply_pruning, calibration_ids, make_plan, needs_calibration, resolve_seq_len
+from .quality.local_tasks import LOCAL_TASKS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class QualityCheck:
+    """What to score with lm-eval before and after the cut, and the gate the result must pass."""
+
+    #: lm-eval task names: the local held-out tasks and/or any task of lm-eval's (``hellaswag``, ...)
+    tasks: Sequence[str] = LOCAL_TASKS
+    #: held-out text of the local tasks (a file, a corpus dir, ``builtin``); default: ``builtin``
+    heldout: str | None = None
+    #: documents / items per task (lm-eval's ``limit``); None = all
+    limit: int | float | None = None
+    batch_size: int = 16
+    #: next-sentence items built from the held-out text
+    mc_items: int = 500
+    #: lowest retention any task may have (final model vs dense); None = report only
+    min_retention: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = [name.strip() for name in self.tasks.split(",") if name.strip()]
+        if not self.tasks:
+            raise ConfigError("--eval-tasks names no task; pass e.g. hfprune_perplexity or hellaswag")
+        if self.min_retention is not None and not 0 < self.min_retention <= 1:
+            raise ConfigError(f"--min-retention must be in (0, 1], got {self.min_retention}: the share of the dense "
+                              "model's score every task must keep, e.g. 0.9")
+        if self.batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be a positive integer, got {self.batch_size}")
+
+
+@dataclass
+class HubTarget:
+    """Where ``--push-to-hub`` uploads; the token defaults to huggingface_hub's (``HF_TOKEN``, ``hf auth login``)."""
+
+    repo_id: str
+    private: bool | None = None
+    revision: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+
+def _scores(model, tokenizer, quality: QualityCheck):
+    from .quality import headline_scores, run_lm_eval
+
+    results = run_lm_eval(model, tokenizer, quality.tasks, heldout=quality.heldout or BUILTIN,
+                          limit=quality.limit, batch_size=quality.batch_size, mc_items=quality.mc_items)
+    return headline_scores(results)
+
+
+def _recovery_rows(model, tokenizer, config: PruningConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(training rows, held-out rows, source name) of the recovery text."""
+    from .calibration import load_calibration
+
+    options = config.recovery
+    name = options.data or config.calibration
+    if name is None:
+        raise ConfigError("--recover lora needs text to train on: pass --recover-data (or --calibration) "
+                          f"FILE.txt|FILE.jsonl|DATASET, or '{BUILTIN}'")
+    if options.data is None:
+        source = TextSource(name, config.calibration_config, config.calibration_split, config.calibration_column)
+    else:
+        source = TextSource(name)
+    rows = load_calibration(source, tokenizer, samples=options.samples + options.eval_rows,
+                            seq_len=resolve_seq_len(model, config.seq_len), seed=config.seed)
+    return rows[: options.samples], rows[options.samples:], name
+
+
+def _print_quality(console: Console, quality: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    recovered = any(row["recovered"] is not None for row in quality["rows"])
+    table = Table(title="quality (lm-eval); retention = pruned / dense, inverted where lower is better")
+    for column in ("task", "metric", "dense", "pruned", "retention", *(("recovered", "retention") if recovered else ())):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right", no_wrap=True)
+    for row in quality["rows"]:
+        cells = [row["task"], row["metric"], f"{row['dense']:.4g}", f"{row['pruned']:.4g}", f"{row['retention']:.3f}"]
+        if recovered:
+            cells += [f"{row['recovered']:.4g}", f"{row['recovered_retention']:.3f}"]
+        table.add_row(*cells)
+    console.print(table)
+    if quality["min_retention"] is not None:
+        verdict = "passed" if quality["passed"] else "FAILED"
+        console.print(f"quality gate {verdict}: lowest retention {quality['lowest']:.3f}, required "
+                      f"{quality['min_retention']:.3f}")
+
+
+def prune_pretrained(
+    model: str | os.PathLike | PreTrainedModel | None = None,
+    config: PruningConfig | None = None,
+    *,
+    tokenizer: Any = None,
+    dtype: str = "auto",
+    device_map: Any = None,
+    quantize_bits: int | None = None,
+    quality: QualityCheck | None = None,
+    output_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    push_to_hub: HubTarget | str | None = None,
+    base_model_name: str | None = None,
+    console: Console | None = None,
+) -> tuple[PreTrainedModel, PruningReport]:
+    """Prune a model end to end; returns the pruned model (in memory) and the report of what was done.
+
+    ``model`` is a Hub id, a local directory, a loaded model (then pass its ``tokenizer``), or None for the
+    embedded default. ``quantize_bits`` (4/8) holds the base in bitsandbytes while Hyperflux gates train.
+    ``quality`` scores dense / pruned / recovered with lm-eval and may gate the push. ``output_dir`` writes
+    the checkpoint (atomically, with card, report and plot); ``push_to_hub`` uploads it (to a temporary
+    directory first when no ``output_dir`` is given) unless the quality gate failed.
+
+    On a CPU with ``dtype="auto"`` the work is done in float32 and a written checkpoint is stored in the
+    base checkpoint's dtype, so pruning never makes the files larger.
+    """
+    config = config if config is not None else PruningConfig()
+    hub = HubTarget(push_to_hub) if isinstance(push_to_hub, str) else push_to_hub
+    state = process_state()
+    console = console or Console(quiet=not state.is_main_process)
+    loaded = isinstance(model, PreTrainedModel)
+    model_id = None if loaded else str(model if model is not None else DEFAULT_MODEL_DIR)
+    embedded = model_id is not None and Path(model_id).expanduser().resolve() == DEFAULT_MODEL_DIR
+    if embedded and config.calibration is None and (needs_calibration(config) or config.recovery.method != "none"):
+        config.calibration = BUILTIN  # the embedded default calibrates on the text shipped with it
+    base_name = base_model_name or (DEFAULT_MODEL_NAME if embedded else model_id or model.name_or_path)
+    if quantize_bits is not None:
+        if config.target not in LEARNED_TARGETS:
+            raise ConfigError(f"--load-in-{quantize_bits}bit applies to --target hyperflux only: the other targets "
+                              "read full-precision weights")
+        if loaded:
+            raise ConfigError("quantize_bits needs a model id or directory: the full-precision weights are reloaded "
+                              "for the cut")
+        check_quantization_available(quantize_bits)
+    if output_dir is not None:
+        prepare_output_dir(output_dir, overwrite)  # fail before the slow part, not after it
+    if config.target in LEARNED_TARGETS:
+        from .hyperflux.trainer import check_saved_state
+
+        check_saved_state(config.state_dir, resume=config.resume, restart=config.restart)
+
+    started = time.perf_counter()
+    if loaded:
+        source_dtype = None
+        if tokenizer is None:
+            raise ConfigError("pass the tokenizer with an already loaded model (prune_pretrained(model, config, "
+                              "tokenizer=...))")
+    else:
+        source_dtype = getattr(load_config(model_id), "dtype", None)
+        console.print(f"loading {model_id}")
+        if device_map is None and state.num_processes > 1:
+            device_map = {"": state.device}
+        model, tokenizer = load_model(model_id, dtype=dtype, device_map=device_map, quantize_bits=quantize_bits)
+    input_ids = calibration_ids(model, tokenizer, config)
+    plan = make_plan(model, config, input_ids)
+    if quantize_bits is not None:  # gates were learned on the quantized base: cut the real weights
+        del model
+        model, _ = load_model(model_id, dtype=dtype, device_map=device_map)
+    elif has_offloaded_weights(model):  # offloaded weights live in accelerate's store: cut a copy in CPU memory
+        if loaded:
+            raise ConfigError("a model offloaded by device_map is cut from a CPU copy: pass its id or directory")
+        del model
+        console.print(f"reloading {model_id} into CPU memory for the cut (--device-map offloaded its weights)")
+        model, _ = load_model(model_id, dtype=dtype, device_map=None)
+
+    main = state.is_main_process
+    recovering = config.recovery.method != "none" and main
+    if recovering:
+        from .recovery.lora import held_out_perplexity
+
+        train_rows, eval_rows, recovery_source = _recovery_rows(model, tokenizer, config)
+        dense_perplexity = held_out_perplexity(model, eval_rows, config.recovery.batch_size)
+    dense_scores = _scores(model, tokenizer, quality) if quality and main else None
+
+    report = apply_pruning(model, config, plan)
+    report.base_model = base_name
+    if config.uniform_shapes:
+        from .export import EXPORTERS
+
+        model = EXPORTERS["stock"](model)
+    pruned_scores = _scores(model, tokenizer, quality) if quality and main else None
+    recovered_scores = None
+    if recovering:
+        from .recovery import RECOVERY_METHODS
+
+        console.print(f"recovering with {config.recovery.method}: {config.recovery.steps} steps on {recovery_source}")
+        result = RECOVERY_METHODS[config.recovery.method](model, train_rows, eval_rows, config.recovery, seed=config.seed)
+        report.recovery = {**result.to_dict(), "data": recovery_source, "eval_rows": int(eval_rows.shape[0]),
+                           "perplexity_dense": dense_perplexity}
+        recovered_scores = _scores(model, tokenizer, quality) if quality else None
+    if dense_scores is not None:
+        from .quality import retention_table
+
+        report.quality = retention_table(dense_scores, pruned_scores, recovered_scores,
+                                         min_retention=quality.min_retention, heldout=quality.heldout or BUILTIN)
+    model.config.hf_prune = report.to_info()
+
+    if main:
+        from .report import print_summary
+
+        print_summary(report, console)
+        if report.recovery:
+            r = report.recovery
+            console.print(f"recovery ({r['method']}): held-out perplexity {r['perplexity_dense']:.3f} dense, "
+                          f"{r['perplexity_before']:.3f} after the cut, {r['perplexity_after']:.3f} after recovery "
+                          f"({r['seconds']:.1f}s)")
+        if report.quality:
+            _print_quality(console, report.quality)
+    if (output_dir is not None or hub is not None) and main:
+        if dtype == "auto" and source_dtype is not None:
+            restore_checkpoint_dtype(model, source_dtype)
+        _save_and_push(model, tokenizer, report, output_dir, overwrite, hub, console, started)
+    state.wait_for_everyone()
+    return model, report
+
+
+def _save_and_push(model, tokenizer, report: PruningReport, output_dir, overwrite: bool, hub: HubTarget | None,
+                   console: Console, started: float) -> None:
+    from .hub import HubError, push_folder
+    from .report import write_run_artifacts
+
+    gate_failed = report.quality.get("passed") is False
+    with tempfile.TemporaryDirectory(prefix="hf-prune-push-") as scratch:
+        target = output_dir if output_dir is not None else Path(scratch) / "model"
+        written = save_pruned(model, tokenizer, target, overwrite=overwrite or output_dir is None,
+                              write_extras=lambda directory: write_run_artifacts(
+                                  report, directory, hub.repo_id if hub is not None else None))
+        if output_dir is not None:
+            console.print(f"wrote {written} in {time.perf_counter() - started:.1f}s; reload with "
+                          f"AutoModelForCausalLM.from_pretrained({str(written)!r}) after `import hf_prune`, "
+                          "or with trust_remote_code=True without it")
+        if hub is None:
+            return
+        if gate_failed:
+            console.print(f"not pushed to {hub.repo_id}: the quality gate failed"
+                          + (f"; the model is in {written}" if output_dir is not None else ""))
+            return
+        try:
+            url = push_folder(written, hub.repo_id, private=hub.private, revision=hub.revision, token=hub.token)
+        except HubError as error:
+            kept = (f"the pruned model is kept in {str(written)!r}" if output_dir is not None
+                    else "nothing was kept: pass output_dir to keep a local copy")
+            raise HubError(f"{error}; {kept}") from error
+        console.print(f"pushed to {hub.repo_id}: {url}")

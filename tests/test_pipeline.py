@@ -1,0 +1,204 @@
+"""The user's whole path: prune → recover (LoRA) → lm-eval retention → quality gate → push, on the embedded
+default, with only huggingface_hub's network calls replaced; prune-on-load equals the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx2
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import hf_prune
+from hf_prune.cli import main
+from hf_prune.data import DEFAULT_MODEL_DIR
+
+#: keeps the tests to seconds: a short LoRA run, a few documents / items per lm-eval task
+FAST = ["--lora-steps", "20", "--recover-samples", "16", "--eval-limit", "24"]
+
+
+class FakeHub:
+    """Stands in for the Hub's HTTP API: records what HfApi would send, and what was in the folder then."""
+
+    def __init__(self, fail_with: Exception | None = None):
+        self.fail_with = fail_with
+        self.created: list[dict] = []
+        self.branches: list[dict] = []
+        self.uploads: list[dict] = []
+
+    def install(self, monkeypatch) -> "FakeHub":
+        hub = self
+
+        def create_repo(self, repo_id, *, private=None, exist_ok=False, repo_type=None, **kwargs):
+            if hub.fail_with is not None:
+                raise hub.fail_with
+            hub.created.append({"repo_id": repo_id, "private": private, "token": self.token})
+            from huggingface_hub.hf_api import RepoUrl
+
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def create_branch(self, repo_id, *, branch, exist_ok=False, **kwargs):
+            hub.branches.append({"repo_id": repo_id, "branch": branch})
+
+        def upload_folder(self, *, repo_id, folder_path, revision=None, commit_message=None, **kwargs):
+            folder = Path(folder_path)
+            hub.uploads.append({
+                "repo_id": repo_id, "revision": revision, "message": commit_message,
+                "files": sorted(p.name for p in folder.iterdir()),
+                "card": (folder / "README.md").read_text(),
+                "config": json.loads((folder / "config.json").read_text()),
+            })
+            return f"https://huggingface.co/{repo_id}/commit/0123abc"
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "create_branch", create_branch)
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+        return self
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_issue_command_prunes_recovers_scores_gates_and_pushes(capsys, monkeypatch, tmp_path):
+    hub = FakeHub().install(monkeypatch)
+    out = tmp_path / "pruned"
+    code, stdout, err = run(capsys, "--target", "emp", "--sparsity", "0.3", "--recover", "lora", "--min-retention",
+                            "0.5", "--push-to-hub", "me/x", "--revision", "v1", "--private", *FAST, "--output", out)
+    assert code == 0, err
+    assert "quality gate passed" in stdout and "pushed to me/x" in stdout
+    assert "after recovery" in stdout
+    assert hub.created == [{"repo_id": "me/x", "private": True, "token": None}]
+    assert hub.branches == [{"repo_id": "me/x", "branch": "v1"}]
+    [upload] = hub.uploads
+    assert upload["repo_id"] == "me/x" and upload["revision"] == "v1"
+    assert {"model.safetensors", "config.json", "modeling_hf_prune.py", "tokenizer.json", "README.md",
+            "allocation.png", "hf_prune_report.json"} <= set(upload["files"])
+    assert upload["files"] == sorted(p.name for p in out.iterdir()), "what is pushed is what was written"
+
+    card = ModelCard(upload["card"])
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert {"pruned", "hf-prune"} <= set(card.data.tags)
+    assert card.data.base_model is None, "the embedded default is no Hub id: no base_model link"
+    for section in ("## Quality (lm-eval)", "## Recovery", "## Kept per layer", "allocation.png",
+                    'from_pretrained("me/x", trust_remote_code=True)', "`target=emp`", "`calibration=builtin`"):
+        assert section in card.text, section
+
+    info = upload["config"]["hf_prune"]
+    assert info["config"]["recovery"]["method"] == "lora"
+    rows = {row["task"]: row for row in info["quality"]["rows"]}
+    assert set(rows) == {"hfprune_perplexity", "hfprune_next_sentence"}
+    perplexity = rows["hfprune_perplexity"]
+    assert perplexity["higher_is_better"] is False
+    assert perplexity["retention"] == pytest.approx(perplexity["dense"] / perplexity["pruned"])
+    assert perplexity["recovered_retention"] == pytest.approx(perplexity["dense"] / perplexity["recovered"])
+    assert info["quality"]["passed"] is True and info["quality"]["min_retention"] == 0.5
+    recovery = info["recovery"]
+    assert recovery["perplexity_after"] < recovery["perplexity_before"], "LoRA recovered part of the loss"
+    assert recovery["perplexity_dense"] < recovery["perplexity_before"]
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # a plain model: the LoRA is merged
+    assert not any("lora" in name for name, _ in reloaded.named_parameters())
+
+
+def test_below_min_retention_the_model_is_saved_not_pushed_and_the_status_is_3(capsys, monkeypatch, tmp_path):
+    hub = FakeHub().install(monkeypatch)
+    out = tmp_path / "pruned"
+    code, stdout, _ = run(capsys, "--sparsity", "0.5", "--min-retention", "0.999", "--push-to-hub", "me/x",
+                          "--eval-tasks", "hfprune_perplexity", "--eval-limit", "12", "--output", out)
+    assert code == 3
+    assert "quality gate FAILED" in stdout and "not pushed to me/x" in stdout
+    assert hub.created == [] and hub.uploads == []
+    assert (out / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "**failed**" in card and "| hfprune_perplexity |" in card
+
+
+@pytest.mark.parametrize("failure", [httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"),
+                                     ValueError("Invalid user token.")])
+def test_a_failed_upload_is_one_line_exit_2_and_keeps_the_local_copy(capsys, monkeypatch, tmp_path, failure):
+    FakeHub(fail_with=failure).install(monkeypatch)
+    out = tmp_path / "pruned"
+    code, _, err = run(capsys, "--sparsity", "0.3", "--push-to-hub", "me/x", "--output", out)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("hf-prune: error:")]
+    assert len(lines) == 1 and "me/x" in lines[0] and f"kept in '{out}'" in lines[0]
+    assert "Traceback" not in err
+    assert (out / "model.safetensors").is_file()
+
+
+def test_offline_hub_is_refused_by_huggingface_hub_itself(capsys, monkeypatch, tmp_path):
+    """No replacement at all: under HF_HUB_OFFLINE=1 (set for every test) huggingface_hub refuses the call."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code, _, err = run(capsys, "--sparsity", "0.3", "--push-to-hub", "me/x", "--output", tmp_path / "pruned")
+    assert code == 2 and "hf-prune: error: could not" in err and "Traceback" not in err
+    assert (tmp_path / "pruned" / "model.safetensors").is_file()
+
+
+def test_prune_on_load_returns_the_model_the_command_line_writes(capsys, tmp_path):
+    out = tmp_path / "cli"
+    assert run(capsys, "--target", "emp", "--units", "all", "--sparsity", "0.3", "--seed", "3", "--output", out)[0] == 0
+    model = hf_prune.AutoPrunedModelForCausalLM.from_pretrained(
+        DEFAULT_MODEL_DIR, pruning_config={"target": "emp", "units": "all", "sparsity": 0.3, "seed": 3})
+    assert type(model).__name__ == "PrunedLlamaForCausalLM"
+    assert getattr(model.config, "quantization_config", None) is None
+    assert model.config.hf_prune["config"]["target"] == "emp"
+    assert model.pruning_report.achieved_sparsity == pytest.approx(0.3, abs=0.02)
+    written = load_file(str(out / "model.safetensors"))
+    state = model.state_dict()
+    assert set(written) <= set(state)
+    for name, tensor in written.items():
+        assert torch.equal(state[name], tensor), name
+
+    model.save_pretrained(tmp_path / "on-load")  # and the plain loader reads it back
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "on-load")
+    assert torch.equal(again.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight)
+
+
+def test_prune_on_load_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(hf_prune.HfPruneError, match="not pruned yet"):
+        hf_prune.AutoPrunedModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR)
+    with pytest.raises(hf_prune.HfPruneError, match="does not take revison"):
+        hf_prune.AutoPrunedModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR, {"sparsity": 0.3}, revison="main")
+    with pytest.raises(OSError, match="from_pretrained"):
+        hf_prune.AutoPrunedModelForCausalLM()
+
+
+def test_model_push_to_hub_sends_the_card_rebuilt_from_the_config(monkeypatch, tmp_path):
+    model = hf_prune.AutoPrunedModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR, pruning_config={"sparsity": 0.3})
+    model.save_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR).save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    hub = FakeHub().install(monkeypatch)
+    url = reloaded.push_to_hub("me/y", private=False)
+    assert url.endswith("/commit/0123abc")
+    [upload] = hub.uploads
+    assert {"modeling_hf_prune.py", "README.md", "allocation.png", "model.safetensors"} <= set(upload["files"])
+    assert "tokenizer.json" in upload["files"], "the tokenizer of the model's source is pushed with it"
+    assert "## Kept per layer" in upload["card"] and 'from_pretrained("me/y")' in upload["card"]
+
+
+def test_recovery_flags_without_recover_are_refused(capsys, tmp_path):
+    code, _, err = run(capsys, "--lora-rank", "4", "--output", tmp_path / "o")
+    assert code == 2 and "--lora-rank applies with --recover lora only" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipes_take_the_recovery_section_nested_or_by_flag_name():
+    nested = hf_prune.PruningConfig.from_dict({"recovery": {"method": "lora", "rank": 4}})
+    flat = hf_prune.PruningConfig.from_dict({"recover": "lora", "lora_rank": 4})
+    assert nested == flat and flat.recovery.rank == 4
+    assert hf_prune.PruningConfig.from_dict(flat.to_dict()) == flat
+
+
+def test_unknown_eval_task_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "--eval-tasks", "no_such_task_xyz", "--output", tmp_path / "o")
+    assert code == 2 and "unknown lm-eval task(s): no_such_task_xyz" in err
