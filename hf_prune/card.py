@@ -12,6 +12,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from .pruner import PruningReport
+from .quality.retention import retention_markdown
 from .report import run_options, summary_lines
 
 def hub_id_or_none(name: str | None) -> str | None:
@@ -27,20 +28,10 @@ def _quality_section(report: PruningReport) -> str:
     quality = report.quality
     if not quality.get("rows"):
         return ""
-    recovered = any(row.get("recovered") is not None for row in quality["rows"])
-    head = "| task | metric | dense | pruned | retention |" + (" after recovery | retention |" if recovered else "")
-    rule = "|---|---|---:|---:|---:|" + ("---:|---:|" if recovered else "")
-    lines = [head, rule]
-    for row in quality["rows"]:
-        cells = [row["task"], row["metric"] + ("" if row["higher_is_better"] else " (lower is better)"),
-                 f"{row['dense']:.4g}", f"{row['pruned']:.4g}", f"{row['retention']:.3f}"]
-        if recovered:
-            cells += [f"{row['recovered']:.4g}", f"{row['recovered_retention']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines)
+    text = retention_markdown(quality)
     gate = quality.get("min_retention")
     if gate is not None:
-        verdict = "passed" if quality["passed"] else "**failed** (the model was not pushed)"
+        verdict = "passed" if quality["passed"] else "**failed** (a model below the gate is not pushed)"
         text += f"\n\nQuality gate: every task must retain at least {gate:.0%} — {verdict}; lowest retention {quality['lowest']:.3f}."
     where = f" on `{quality['heldout']}`" if quality.get("heldout") else ""
     return (f"## Quality (lm-eval)\n\nScored with `lm_eval.simple_evaluate`{where}. Retention is pruned / dense "

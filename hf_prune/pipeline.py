@@ -108,18 +108,10 @@ def _recovery_rows(model, tokenizer, config: PruningConfig) -> tuple[torch.Tenso
 
 
 def _print_quality(console: Console, quality: dict[str, Any]) -> None:
-    from rich.table import Table
+    from .quality.retention import retention_markdown
 
-    recovered = any(row["recovered"] is not None for row in quality["rows"])
-    table = Table(title="quality (lm-eval); retention = pruned / dense, inverted where lower is better")
-    for column in ("task", "metric", "dense", "pruned", "retention", *(("recovered", "retention") if recovered else ())):
-        table.add_column(column, justify="left" if column in ("task", "metric") else "right", no_wrap=True)
-    for row in quality["rows"]:
-        cells = [row["task"], row["metric"], f"{row['dense']:.4g}", f"{row['pruned']:.4g}", f"{row['retention']:.3f}"]
-        if recovered:
-            cells += [f"{row['recovered']:.4g}", f"{row['recovered_retention']:.3f}"]
-        table.add_row(*cells)
-    console.print(table)
+    console.print("quality (lm-eval); retention = pruned / dense, inverted where lower is better:")
+    console.print(retention_markdown(quality), markup=False, highlight=False, soft_wrap=True)
     if quality["min_retention"] is not None:
         verdict = "passed" if quality["passed"] else "FAILED"
         console.print(f"quality gate {verdict}: lowest retention {quality['lowest']:.3f}, required "

@@ -96,7 +96,8 @@ def run_options(report: PruningReport) -> dict[str, object]:
     EMP run; no importance for Hyperflux gates that started uniform, since no score was used)."""
     config = report.config
     options = {key: value for key, value in options_for_target(config, config["target"]).items()
-               if value is not None and key not in ("state_dir", "resume", "restart", "recovery")}
+               if value is not None and key not in ("state_dir", "resume", "restart", "recovery")
+               and not (key == "uniform_shapes" and not value)}
     if not report.scored:
         options.pop("importance", None)
     read_text = bool(report.calibration_tokens) or config["target"] in LEARNED_TARGETS

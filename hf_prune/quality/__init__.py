@@ -22,7 +22,7 @@ _EXPORTS = {
     "fixed_token_set": ".paired", "load_token_set": ".paired", "paired_comparison": ".paired",
     "paired_perplexity": ".paired", "save_token_set": ".paired", "window_nll": ".paired",
     "rolling_loglikelihood": ".reference_loop", "unigram_perplexity": ".reference_loop",
-    "retention_table": ".retention",
+    "retention_markdown": ".retention", "retention_table": ".retention",
 }
 
 

@@ -38,3 +38,18 @@ def retention_table(
     lowest = min(final) if final else None
     passed = None if min_retention is None else bool(lowest is not None and lowest >= min_retention)
     return {"rows": rows, "lowest": lowest, "min_retention": min_retention, "passed": passed, "heldout": heldout}
+
+
+def retention_markdown(quality: dict[str, Any]) -> str:
+    """The table of :func:`retention_table` as Markdown: the model card shows it, and so does the terminal
+    (a fixed-width table of this kind never truncates a task name to fit an 80-column pipe)."""
+    recovered = any(row.get("recovered") is not None for row in quality["rows"])
+    lines = ["| task | metric | dense | pruned | retention |" + (" after recovery | retention |" if recovered else ""),
+             "|---|---|---:|---:|---:|" + ("---:|---:|" if recovered else "")]
+    for row in quality["rows"]:
+        cells = [row["task"], row["metric"] + ("" if row["higher_is_better"] else " (lower is better)"),
+                 f"{row['dense']:.4g}", f"{row['pruned']:.4g}", f"{row['retention']:.3f}"]
+        if recovered:
+            cells += [f"{row['recovered']:.4g}", f"{row['recovered_retention']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
