@@ -68,8 +68,9 @@ def main() -> None:
         bench = Bench(MODELS[model_name], eval_windows=args.eval_windows, test_file=eval_text)
         scopes = get_adapter(bench.model).scopes(bench.model)
         for seed in args.seeds:
-            base = PruningConfig(importance="activation", compensate="bias", calibration="builtin",
-                                 calibration_samples=args.calibration_samples, seq_len=args.seq_len, seed=seed)
+            base = PruningConfig.from_dict(dict(importance="activation", compensate="bias", calibration="builtin",
+                                                calibration_samples=args.calibration_samples, seq_len=args.seq_len,
+                                                seed=seed))
             rows = calibration_ids(bench.model, bench.tokenizer, base)
             with Timer() as timer:
                 statistics = collect_statistics(bench.model, scopes, base, rows)
@@ -77,7 +78,7 @@ def main() -> None:
                 recipe = RECIPES[label]
                 if recipe["importance"] == "magnitude" and seed != args.seeds[0]:
                     continue  # data-free: every seed gives the same model
-                config = PruningConfig(sparsity=sparsity, calibration="builtin", seed=seed, **recipe)
+                config = PruningConfig.from_dict(dict(sparsity=sparsity, calibration="builtin", seed=seed, **recipe))
                 model = bench.fresh_copy()
                 try:
                     report = prune(model, config, statistics=statistics)

@@ -53,8 +53,9 @@ def main() -> None:
     for importance, seed in itertools.product(args.importances, args.seeds):
         if importance == "magnitude" and seed != args.seeds[0]:
             continue  # data-free: every seed would give the same model
-        base = PruningConfig(importance=importance, compensate="bias", calibration="reference",
-                             calibration_samples=args.calibration_samples, seq_len=args.seq_len, seed=seed)
+        base = PruningConfig.from_dict(dict(importance=importance, compensate="bias", calibration="reference",
+                                            calibration_samples=args.calibration_samples, seq_len=args.seq_len,
+                                            seed=seed))
         rows = calibration_ids(bench.model, bench.tokenizer, base)
         with Timer() as timer:
             statistics = collect_statistics(bench.model, dense_scopes, base, rows)

@@ -89,9 +89,9 @@ def main() -> None:
     common = {"calibration": "reference", "units": "all", "calibration_samples": args.calibration_samples,
               "seq_len": args.seq_len,
               "batch_size": args.batch_size, "seed": args.seed}
-    rows = calibration_ids(bench.model, bench.tokenizer, PruningConfig(importance="activation", **common))
+    rows = calibration_ids(bench.model, bench.tokenizer, PruningConfig.from_dict(dict(importance="activation", **common)))
     statistics = collect_statistics(bench.model, get_adapter(bench.model).scopes(bench.model),
-                                    PruningConfig(importance="activation", **common), rows)
+                                    PruningConfig.from_dict(dict(importance="activation", **common)), rows)
     hyperflux = {"target": "hyperflux", "steps": args.steps, "regrowth_steps": args.regrowth_steps,
                  "tick_every": args.tick_every, "gate_lr": args.gate_lr, "pressure_exponent": args.pressure_exponent}
     methods = {**ONE_SHOT,
@@ -104,7 +104,7 @@ def main() -> None:
     plots.mkdir(parents=True)
     for sparsity in args.sparsities:
         for label, overrides in methods.items():
-            config = PruningConfig(sparsity=sparsity, **{**common, **overrides})
+            config = PruningConfig.from_dict({"sparsity": sparsity, **common, **overrides})
             model = bench.fresh_copy()
             started = time.perf_counter()
             plan = make_plan(model, config, rows, statistics if config.target != "hyperflux" else None)
@@ -113,7 +113,7 @@ def main() -> None:
             comparison = bench.compare(model)
             row = {"method": label, "sparsity": sparsity, "achieved": report.achieved_sparsity, "seconds": seconds,
                    "calibration_rows": int(rows.shape[0]), "calibration_tokens": int(rows.numel()),
-                   "token_passes": (config.steps + config.regrowth_steps) * config.batch_size * rows.shape[1]
+                   "token_passes": (config.hyperflux.steps + config.hyperflux.regrowth_steps) * config.calibration.batch_size * rows.shape[1]
                    if config.target == "hyperflux" else int(rows.numel()),
                    "kept": [(r.kv_groups_after, r.neurons_after) for r in report.layers],
                    "details": report.allocation, **comparison}

@@ -143,8 +143,8 @@ def hyperflux_method(ctx: Context, sparsity: float) -> Outcome:
     options = dict(ctx.hyperflux)
     row_len = options.pop("row_len")
     rows = ctx.calibration[:, : ctx.calibration.shape[1] // row_len * row_len].reshape(-1, row_len)
-    config = PruningConfig(target="hyperflux", units="all", sparsity=sparsity, calibration="reference",
-                           seed=ctx.seed, **options)
+    config = PruningConfig.from_dict(dict(target="hyperflux", units="all", sparsity=sparsity, calibration="reference",
+                                          seed=ctx.seed, **options))
     return Outcome(kept=make_plan(ctx.model, config, input_ids=rows).kept)
 
 
@@ -152,8 +152,9 @@ def search_method(compensate: str = "none") -> Callable:
     def run(ctx: Context, sparsity: float) -> Outcome:
         """Measured costs on the held-out rows, ordered by the shared activation scores; the first cost table
         is measured once per seed (cached in the statistics) and reused at every budget."""
-        config = PruningConfig(target="search", sparsity=sparsity, importance="activation", compensate=compensate,
-                               calibration="reference", seed=ctx.seed, search_rows=ctx.held_out.shape[0], **ctx.search)
+        config = PruningConfig.from_dict(dict(
+            target="search", sparsity=sparsity, importance="activation", compensate=compensate, calibration="reference",
+            seed=ctx.seed, search_rows=ctx.held_out.shape[0], **ctx.search))
         rows = torch.cat([ctx.calibration, ctx.held_out])  # make_plan holds out the last search_rows rows
         return outcome_of(ctx, config, make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats))
 
@@ -363,8 +364,9 @@ def run_model(name: str, args: argparse.Namespace, progress: Progress) -> None:
             for label, sparsity in todo:
                 progress.add(progress.lookup(name, label, seed, sparsity))
             continue
-        config = PruningConfig(importance="activation", calibration="reference", seq_len=args.seq_len,
-                               calibration_samples=args.calibration_samples + args.search_rows, seed=seed)
+        config = PruningConfig.from_dict(dict(importance="activation", calibration="reference", seq_len=args.seq_len,
+                                              calibration_samples=args.calibration_samples + args.search_rows,
+                                              seed=seed))
         # one token stream: the first rows are every method's calibration, the rest only the search's cost rows
         rows = calibration_ids(model, tokenizer, config)
         calibration, held_out = rows[: args.calibration_samples], rows[args.calibration_samples:]

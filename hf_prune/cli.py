@@ -25,13 +25,13 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from . import __version__
-from .allocation import ALLOCATORS, PLANNERS
-from .config import (COMPENSATION, GATE_INIT, LEARNED_TARGETS, SECTIONS, UNITS, PruningConfig,
+from .config import (COMPENSATION, GATE_INIT, SECTIONS, UNITS, PruningConfig,
                      load_recipe, section_aliases)
 from .errors import ConfigError, HfPruneError
 from .importance import IMPORTANCE_REGISTRY
 from .quality.local_tasks import LOCAL_TASKS
 from .recovery import RECOVERY_METHODS
+from .targets import TARGETS
 
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 QUALITY_GATE_FAILED = 3  # --min-retention not met: saved locally, not pushed
@@ -56,7 +56,7 @@ exit status: 0 done; 2 bad input or a failed upload (one line names the problem 
 
 
 def _choices() -> dict[str, list[str]]:
-    return {"target": sorted([*ALLOCATORS, *PLANNERS]), "importance": sorted(IMPORTANCE_REGISTRY),
+    return {"target": sorted(TARGETS), "importance": sorted(IMPORTANCE_REGISTRY),
             "units": list(UNITS), "compensate": list(COMPENSATION), "gate_init": list(GATE_INIT),
             "recover": ["none", *RECOVERY_METHODS]}
 
@@ -168,7 +168,7 @@ def resolve_config(args: argparse.Namespace) -> PruningConfig:
         values.pop("beta", None)
     elif values.get("beta") is not None and "sparsity" not in values:
         values["sparsity"] = None
-    if values.get("target") in LEARNED_TARGETS and not values.get("state_dir"):
+    if getattr(TARGETS.get(values.get("target")), "learned", False) and not values.get("state_dir"):
         values["state_dir"] = str(Path(args.output).expanduser().resolve()) + ".hyperflux-state"
     return PruningConfig.from_dict(values)
 
@@ -199,13 +199,13 @@ def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
 
 def interrupted_message(argv: list[str], config: PruningConfig | None) -> str:
     """One line after Ctrl-C: what is on disk, and the exact command that continues from it."""
-    if config is not None and config.target in LEARNED_TARGETS and config.state_dir:
+    if config is not None and config.learned and config.hyperflux.state_dir:
         from .hyperflux.trainer import saved_state_step
 
-        step = saved_state_step(config.state_dir)
+        step = saved_state_step(config.hyperflux.state_dir)
         if step is not None:
             resume = [arg for arg in argv if arg not in ("--resume", "--restart")] + ["--resume"]
-            return (f"interrupted at step {step}; the Hyperflux state is saved in {config.state_dir}; "
+            return (f"interrupted at step {step}; the Hyperflux state is saved in {config.hyperflux.state_dir}; "
                     f"resume with: {shlex.join(['hf-prune', *resume])}")
     return "interrupted; nothing was written"
 

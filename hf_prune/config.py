@@ -15,7 +15,7 @@ whole head's share of a layer's attention. ``--units all`` and ``--target emp`` 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,9 @@ logger = logging.getLogger(__name__)
 UNITS = ("all", "attention", "mlp")
 COMPENSATION = ("none", "bias", "lstsq")
 GATE_INIT = ("uniform", "scores")
-LEARNED_TARGETS = ("hyperflux",)  # targets that learn gates (resumable state, 4/8-bit bases)
 
-#: options that only mean something for some targets: giving them (a non-default value) with another
-#: target is an error rather than a silently ignored flag
-TARGET_ONLY_OPTIONS = {
-    "beta": ("emp",),
-    "mlp_multiple": ("emp", "search"),
-    **{name: ("search",) for name in ("search_rows", "mlp_levels", "refine_rounds")},
-    **{name: ("hyperflux",) for name in (
-        "steps", "regrowth_steps", "tick_every", "gate_lr", "gate_init", "pressure_step", "pressure_exponent",
-        "grad_accum", "checkpoint_every", "state_dir", "resume", "restart", "gradient_checkpointing")},
-}
+#: top-level options that only mean something for some targets (a section's options say so as a whole)
+TARGET_ONLY_OPTIONS = {"beta": ("emp",), "mlp_multiple": ("emp", "search")}
 
 
 def _help(text: str, default_help: str | None = None) -> dict[str, str]:
@@ -51,14 +42,129 @@ def _flag(flag: str, text: str, default_help: str | None = None) -> dict[str, st
     return {**_help(text, default_help), "flag": flag}
 
 
+def _flag_of(section: Any, name: str) -> str:
+    return next(f.metadata["flag"] for f in fields(section) if f.name == name).replace("_", "-")
+
+
+def _check_positive_int(section: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{_flag_of(section, name)} must be a positive integer, got {value!r}")
+
+
+def _check_non_negative_int(section: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"--{_flag_of(section, name)} must be a non-negative integer, got {value!r}")
+
+
+def _check_positive_number(section: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"--{_flag_of(section, name)} must be a positive number, got {value!r}")
+
+
+@dataclass
+class CalibrationOptions:
+    """The calibration text and how it is read (``config.calibration``; flags ``--calibration*``, ``--seq-len``,
+    ``--batch-size``, ``--sequential``)."""
+
+    source: str | None = field(default=None, metadata=_flag("calibration", (
+        "calibration text: a local .txt/.jsonl file, a datasets name, 'builtin' (a small public-domain English "
+        "sample shipped with hf-prune) or 'reference' (train split of the corpus scripts/prepare_corpus.py builds)"),
+        default_help="'builtin' for the embedded default model; other models must be given text, unless the "
+                     "run is data-free (--importance magnitude, no compensation)"))
+    config: str | None = field(default=None, metadata=_flag(
+        "calibration_config", "datasets config name of --calibration", default_help="the dataset's default config"))
+    split: str = field(default="train", metadata=_flag("calibration_split", "datasets split of --calibration"))
+    column: str = field(default="text", metadata=_flag(
+        "calibration_column", "text column of --calibration (datasets or jsonl)"))
+    samples: int = field(default=64, metadata=_flag("calibration_samples", "number of calibration sequences"))
+    seq_len: int | None = field(default=None, metadata=_flag("seq_len", (
+        "tokens per calibration sequence (a value over the model's max_position_embeddings is capped, with a "
+        "warning)"), default_help="the model's context length, at most 512"))
+    batch_size: int = field(default=1, metadata=_flag("batch_size", "calibration sequences per forward pass"))
+    sequential: bool = field(default=False, metadata=_flag("sequential", (
+        "collect activation statistics one decoder layer at a time, holding only that layer's activations, and "
+        "measure the search's costs in one pass over the layers (the way a 70B model offloaded by --device-map "
+        "is scored and searched on one GPU); not used by 'taylor', which needs a full backward")))
+
+    def validate(self) -> None:
+        _check_positive_int(self, "samples", "batch_size", *(("seq_len",) if self.seq_len is not None else ()))
+
+
+@dataclass
+class SearchOptions:
+    """``--target search`` (``config.search``)."""
+
+    rows: int = field(default=4, metadata=_flag("search_rows", (
+        "search: calibration rows held out from scoring, on which the KL cost of every candidate is measured "
+        "(read in addition to --calibration-samples)")))
+    mlp_levels: int = field(default=8, metadata=_flag("mlp_levels", (
+        "search: first grid of MLP widths, in steps of 1/mlp_levels of the neurons (refinement halves the step)")))
+    refine_rounds: int = field(default=2, metadata=_flag("refine_rounds", (
+        "search: rounds of re-measuring costs around the current solution on a finer grid; a round that does "
+        "not lower the held-out KL is discarded and ends the search")))
+
+    def validate(self) -> None:
+        _check_positive_int(self, "rows", "mlp_levels")
+        _check_non_negative_int(self, "refine_rounds")
+
+
+@dataclass
+class HyperfluxOptions:
+    """``--target hyperflux``: gate training and its resumable state (``config.hyperflux``); the trainer reads
+    exactly this object."""
+
+    steps: int = field(default=200, metadata=_flag("steps", (
+        "Hyperflux: optimizer steps under pressure; the density follows the target curve to the budget at the end")))
+    regrowth_steps: int = field(default=20, metadata=_flag("regrowth_steps", (
+        "Hyperflux: steps at zero pressure with a decaying learning rate, letting useful groups reopen")))
+    tick_every: int = field(default=10, metadata=_flag(
+        "tick_every", "Hyperflux: optimizer steps between pressure updates"))
+    gate_lr: float = field(default=1e-2, metadata=_flag("gate_lr", (
+        "Hyperflux: Adam learning rate of the gate logits (the paper's 1e-3 needs hundreds of steps before the "
+        "first gate closes)")))
+    gate_init: str = field(default="uniform", metadata=_flag("gate_init", (
+        "Hyperflux: 'uniform' = the paper's U(0.2, 0.5); 'scores' = ordered by --importance within each layer, "
+        "so Hyperflux refines a one-shot ranking")))
+    pressure_step: float = field(default=0.15, metadata=_flag(
+        "pressure_step", "Hyperflux: pressure step s of the scheduler"))
+    pressure_exponent: float = field(default=3.0, metadata=_flag(
+        "pressure_exponent", "Hyperflux: the loss uses gamma**k as pressure multiplier (k = this)"))
+    grad_accum: int = field(default=1, metadata=_flag("grad_accum", "Hyperflux: micro-batches per optimizer step"))
+    checkpoint_every: int = field(default=50, metadata=_flag(
+        "checkpoint_every", "Hyperflux: steps between resumable state snapshots in --state-dir"))
+    state_dir: str | None = field(default=None, metadata=_flag(
+        "state_dir", "Hyperflux: directory of the resumable state",
+        default_help="<output>.hyperflux-state; none in the Python API"))
+    resume: bool = field(default=False, metadata=_flag(
+        "resume", "Hyperflux: continue an interrupted run from the state in --state-dir"))
+    restart: bool = field(default=False, metadata=_flag(
+        "restart", "Hyperflux: discard the state an interrupted run left in --state-dir and start from step 0"))
+    gradient_checkpointing: bool = field(default=False, metadata=_flag(
+        "gradient_checkpointing", "Hyperflux: recompute activations in the backward pass (less memory, ~30% more time)"))
+
+    def validate(self) -> None:
+        if self.gate_init not in GATE_INIT:
+            raise ConfigError(f"unknown gate_init {self.gate_init!r}; choose one of: {', '.join(GATE_INIT)}")
+        _check_positive_number(self, "gate_lr", "pressure_step", "pressure_exponent")
+        _check_positive_int(self, "steps", "tick_every", "grad_accum", "checkpoint_every")
+        _check_non_negative_int(self, "regrowth_steps")
+        if self.resume and self.restart:
+            raise ConfigError("give --resume (continue the saved Hyperflux state) or --restart (discard it), not both")
+        if self.steps < self.tick_every:
+            raise ConfigError(f"steps ({self.steps}) must be at least tick_every ({self.tick_every}): the pressure "
+                              "is updated every tick_every steps")
+
+
 @dataclass
 class RecoveryOptions:
-    """``--recover lora``: after the cut, train a peft LoRA on text, merge it into the weights, save a plain model.
-
-    A section of :class:`PruningConfig` (``config.recovery``). Its flags are written out below, so a
-    recipe may give either ``recovery: {method: lora, rank: 8}`` or the flags' names (``recover: lora``,
-    ``lora_rank: 8``).
-    """
+    """``--recover lora``: after the cut, train a peft LoRA on text, merge it into the weights, save a plain model
+    (``config.recovery``; flags ``--recover``, ``--recover-*``, ``--lora-*``)."""
 
     method: str = field(default="none", metadata=_flag("recover", (
         "recover quality after the cut: 'lora' trains a LoRA adapter (peft) on --recover-data, merges it into "
@@ -85,12 +191,8 @@ class RecoveryOptions:
 
         if self.method != "none" and self.method not in RECOVERY_METHODS:
             raise ConfigError(f"unknown recovery {self.method!r}; choose one of: none, {', '.join(RECOVERY_METHODS)}")
-        for name in ("rank", "steps", "samples", "eval_rows", "batch_size"):
-            _check_positive_int(name, getattr(self, name), flag=_flag_of(self, name))
-        for name in ("lr", *(("alpha",) if self.alpha is not None else ())):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"--{_flag_of(self, name)} must be a positive number, got {value!r}")
+        _check_positive_int(self, "rank", "steps", "samples", "eval_rows", "batch_size")
+        _check_positive_number(self, "lr", *(("alpha",) if self.alpha is not None else ()))
         if self.method == "none":
             for f in fields(self):
                 if f.name != "method" and getattr(self, f.name) != f.default:
@@ -106,17 +208,9 @@ class RecoveryOptions:
         return names[0] if names == ["all-linear"] else names
 
 
-def _flag_of(section: Any, name: str) -> str:
-    return next(f.metadata["flag"] for f in fields(section) if f.name == name).replace("_", "-")
-
-
-def _check_positive_int(name: str, value: Any, flag: str | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{('--' + flag) if flag else name} must be a positive integer, got {value!r}")
-
-
 #: PruningConfig fields that are nested sections, each a dataclass whose fields carry their own flag
-SECTIONS: dict[str, type] = {"recovery": RecoveryOptions}
+SECTIONS: dict[str, type] = {"calibration": CalibrationOptions, "search": SearchOptions,
+                             "hyperflux": HyperfluxOptions, "recovery": RecoveryOptions}
 
 
 def section_aliases() -> dict[str, tuple[str, str]]:
@@ -124,10 +218,31 @@ def section_aliases() -> dict[str, tuple[str, str]]:
     return {f.metadata["flag"]: (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls)}
 
 
-def options_for_target(values: dict[str, Any], target: str) -> dict[str, Any]:
-    """The options that mean something for ``target`` (e.g. no Hyperflux settings in an EMP model card)."""
-    return {name: value for name, value in values.items()
-            if target in TARGET_ONLY_OPTIONS.get(name, (target,))}
+def flat_options(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dictionary (``to_dict()``) by flag name, keeping only what means something for its target:
+    no search or Hyperflux settings in an EMP model card, no recovery settings without recovery."""
+    from .targets import TARGETS
+
+    target = TARGETS.get(values.get("target"))
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in SECTIONS:
+            if _section_unused(name, value, target):
+                continue
+            flags = {f.name: f.metadata["flag"] for f in fields(SECTIONS[name])}
+            flat.update({flags[key]: item for key, item in value.items() if key in flags})
+        elif target is None or target.name in TARGET_ONLY_OPTIONS.get(name, (target.name,)):
+            flat[name] = value
+    return flat
+
+
+def _section_unused(name: str, value: dict[str, Any], target: Any) -> bool:
+    from .targets import TARGETS
+
+    if name == "recovery":
+        return value.get("method", "none") == "none"
+    owners = [spec.name for spec in TARGETS.values() if spec.section == name]
+    return bool(owners) and (target is None or target.name not in owners)
 
 
 @dataclass
@@ -156,70 +271,26 @@ class PruningConfig:
         "beta for --sparsity (give one of the two)", default_help="none: beta is solved for --sparsity"))
     mlp_multiple: int = field(default=1, metadata=_help(
         "EMP and search: round each layer's MLP width to a multiple of this (e.g. 64 or 128 for fast GPU kernels)"))
-    search_rows: int = field(default=4, metadata=_help(
-        "search: calibration rows held out from scoring, on which the KL cost of every candidate is measured "
-        "(read in addition to --calibration-samples)"))
-    mlp_levels: int = field(default=8, metadata=_help(
-        "search: first grid of MLP widths, in steps of 1/mlp_levels of the neurons (refinement halves the step)"))
-    refine_rounds: int = field(default=2, metadata=_help(
-        "search: rounds of re-measuring costs around the current solution on a finer grid; a round that does "
-        "not lower the held-out KL is discarded and ends the search"))
     compensate: str = field(default="none", metadata=_help(
         "'bias' folds the calibration mean of every removed channel into the bias of o_proj / down_proj "
         "(FLAP's compensation); 'lstsq' refits the kept columns and a bias of o_proj / down_proj by least squares "
         "to the dense output on calibration text (holds a d x d matrix per layer while calibrating); 'none' just "
         "removes. Both read --calibration"))
-    calibration: str | None = field(default=None, metadata=_help(
-        "calibration text: a local .txt/.jsonl file, a datasets name, 'builtin' (a small public-domain English "
-        "sample shipped with hf-prune) or 'reference' (train split of the corpus scripts/prepare_corpus.py builds)",
-        default_help="'builtin' for the embedded default model; other models must be given text, unless the "
-                     "run is data-free (--importance magnitude, no compensation)"))
-    calibration_config: str | None = field(default=None, metadata=_help(
-        "datasets config name of --calibration", default_help="the dataset's default config"))
-    calibration_split: str = field(default="train", metadata=_help("datasets split of --calibration"))
-    calibration_column: str = field(default="text", metadata=_help("text column of --calibration (datasets or jsonl)"))
-    calibration_samples: int = field(default=64, metadata=_help("number of calibration sequences"))
-    seq_len: int | None = field(default=None, metadata=_help(
-        "tokens per calibration sequence (a value over the model's max_position_embeddings is capped, with a "
-        "warning)", default_help="the model's context length, at most 512"))
-    batch_size: int = field(default=1, metadata=_help("calibration sequences per forward pass"))
-    sequential: bool = field(default=False, metadata=_help(
-        "collect activation statistics one decoder layer at a time, holding only that layer's activations, and "
-        "measure the search's costs in one pass over the layers (the way a 70B model offloaded by --device-map "
-        "is scored and searched on one GPU); not used by 'taylor', which needs a full backward"))
     seed: int = field(default=0, metadata=_help("random seed of the calibration sample (and of Hyperflux gates)"))
-    steps: int = field(default=200, metadata=_help(
-        "Hyperflux: optimizer steps under pressure; the density follows the target curve to the budget at the end"))
-    regrowth_steps: int = field(default=20, metadata=_help(
-        "Hyperflux: steps at zero pressure with a decaying learning rate, letting useful groups reopen"))
-    tick_every: int = field(default=10, metadata=_help("Hyperflux: optimizer steps between pressure updates"))
-    gate_lr: float = field(default=1e-2, metadata=_help(
-        "Hyperflux: Adam learning rate of the gate logits (the paper's 1e-3 needs hundreds of steps before the "
-        "first gate closes)"))
-    gate_init: str = field(default="uniform", metadata=_help(
-        "Hyperflux: 'uniform' = the paper's U(0.2, 0.5); 'scores' = ordered by --importance within each layer, "
-        "so Hyperflux refines a one-shot ranking"))
-    pressure_step: float = field(default=0.15, metadata=_help("Hyperflux: pressure step s of the scheduler"))
-    pressure_exponent: float = field(default=3.0, metadata=_help(
-        "Hyperflux: the loss uses gamma**k as pressure multiplier (k = this)"))
-    grad_accum: int = field(default=1, metadata=_help("Hyperflux: micro-batches per optimizer step"))
-    checkpoint_every: int = field(default=50, metadata=_help(
-        "Hyperflux: steps between resumable state snapshots in --state-dir"))
-    state_dir: str | None = field(default=None, metadata=_help(
-        "Hyperflux: directory of the resumable state", default_help="<output>.hyperflux-state; none in the Python API"))
-    resume: bool = field(default=False, metadata=_help(
-        "Hyperflux: continue an interrupted run from the state in --state-dir"))
-    restart: bool = field(default=False, metadata=_help(
-        "Hyperflux: discard the state an interrupted run left in --state-dir and start from step 0"))
-    gradient_checkpointing: bool = field(default=False, metadata=_help(
-        "Hyperflux: recompute activations in the backward pass (less memory, ~30% more time)"))
     uniform_shapes: bool = field(default=False, metadata=_help(
         "save the result as the family's stock Llama / Mistral / Qwen2 / Qwen3 class and config (equal counts in "
         "every layer, so --target uniform; no compensation bias): any tool loads it without hf-prune or remote code"))
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions, metadata=_help(
+        "the calibration text and how it is read (a section; a string is taken as its source)"))
+    search: SearchOptions = field(default_factory=SearchOptions, metadata=_help("--target search (a section)"))
+    hyperflux: HyperfluxOptions = field(default_factory=HyperfluxOptions, metadata=_help(
+        "--target hyperflux (a section)"))
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions, metadata=_help(
-        "recovery after the cut (section; flags --recover, --recover-*, --lora-*)"))
+        "recovery after the cut (a section; flags --recover, --recover-*, --lora-*)"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.calibration, str) or self.calibration is None:
+            self.calibration = CalibrationOptions(source=self.calibration)
         for name, cls in SECTIONS.items():
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -229,24 +300,33 @@ class PruningConfig:
         self.validate()
 
     def validate(self) -> None:
-        from .allocation import ALLOCATORS, PLANNERS
         from .importance import IMPORTANCE_REGISTRY
+        from .targets import TARGETS
 
         def choose(name: str, value: Any, options) -> None:
             if value not in options:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(options))}")
 
-        choose("target", self.target, [*ALLOCATORS, *PLANNERS])
+        choose("target", self.target, TARGETS)
+        target = TARGETS[self.target]
         if self.units is None:
             self.units = "all" if self.target == "search" else "mlp"
         choose("importance", self.importance, IMPORTANCE_REGISTRY)
         choose("units", self.units, UNITS)
         choose("compensate", self.compensate, COMPENSATION)
-        choose("gate_init", self.gate_init, GATE_INIT)
         defaults = {f.name: f.default for f in fields(self)}
         for name, targets in TARGET_ONLY_OPTIONS.items():
             if getattr(self, name) != defaults[name] and self.target not in targets:
                 raise ConfigError(f"{name} applies to --target {' / '.join(targets)} only")
+        for name, cls in SECTIONS.items():
+            section = getattr(self, name)
+            owners = [spec.name for spec in TARGETS.values() if spec.section == name]
+            if owners and target.section != name:
+                changed = next((f for f in fields(cls) if getattr(section, f.name) != _default(f)), None)
+                if changed is not None:
+                    raise ConfigError(f"--{changed.metadata['flag'].replace('_', '-')} applies to --target "
+                                      f"{' / '.join(owners)} only")
+            section.validate()
         if self.beta is not None:
             if self.sparsity is not None:
                 raise ConfigError("give either sparsity (beta is then solved for it) or beta (the raw EMP rule), not both")
@@ -254,10 +334,6 @@ class PruningConfig:
                 raise ConfigError(f"beta must be a positive number, got {self.beta!r}")
         elif self.sparsity is None:
             raise ConfigError("give a sparsity (or, with --target emp, a beta)")
-        for name in ("gate_lr", "pressure_step", "pressure_exponent"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.sparsity is not None:
             if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
                 raise ConfigError(f"sparsity must be a number in (0, 1), got {self.sparsity!r}")
@@ -268,34 +344,26 @@ class PruningConfig:
                 raise ConfigError("sparsity 0 removes nothing, so there is nothing to write; pass a fraction in "
                                   "(0, 1), e.g. --sparsity 0.3")
             self.sparsity = float(self.sparsity)
-        if self.resume and self.restart:
-            raise ConfigError("give --resume (continue the saved Hyperflux state) or --restart (discard it), not both")
-        for name in ("mlp_multiple", "calibration_samples", "batch_size", "steps", "tick_every", "search_rows",
-                     "mlp_levels",
-                     "grad_accum", "checkpoint_every", *(("seq_len",) if self.seq_len is not None else ())):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("regrowth_steps", "refine_rounds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in SECTIONS:
-            getattr(self, name).validate()
+        if isinstance(self.mlp_multiple, bool) or not isinstance(self.mlp_multiple, int) or self.mlp_multiple < 1:
+            raise ConfigError(f"mlp_multiple must be a positive integer, got {self.mlp_multiple!r}")
         if self.uniform_shapes and self.target != "uniform":
             raise ConfigError(f"--uniform-shapes needs the same counts in every layer: use --target uniform, not "
                               f"{self.target!r}")
         if self.uniform_shapes and self.compensate != "none":
             raise ConfigError("--uniform-shapes: the stock classes have no place for the o_proj / down_proj bias that "
                               "--compensate adds; drop one of the two")
-        if self.target in LEARNED_TARGETS and self.steps < self.tick_every:
-            raise ConfigError(f"steps ({self.steps}) must be at least tick_every ({self.tick_every}): the pressure "
-                              "is updated every tick_every steps")
+
+    @property
+    def learned(self) -> bool:
+        """Whether the target trains gates (resumable state, a 4/8-bit base, Ctrl-C saves the state)."""
+        from .targets import TARGETS
+
+        return TARGETS[self.target].learned
 
     @property
     def held_out_rows(self) -> int:
         """Calibration rows read beyond --calibration-samples and kept out of the scores (search's cost rows)."""
-        return self.search_rows if self.target == "search" else 0
+        return self.search.rows if self.target == "search" else 0
 
     def selects(self, kind: str) -> bool:
         """Whether groups of this scope kind ("attention" / "mlp") may be removed."""
@@ -307,22 +375,27 @@ class PruningConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PruningConfig":
         """From nested sections (``{"recovery": {"rank": 8}}``, as ``to_dict`` writes) or flat flag names
-        (``{"lora_rank": 8}``, as recipes and the command line give them); flat names win."""
+        (``{"lora_rank": 8, "calibration": "c.jsonl"}``, as recipes and the command line give them); flat names
+        win. ``calibration`` may be the section (a mapping) or its source (a string)."""
         known = {f.name for f in fields(cls)}
         aliases = section_aliases()
         unknown = sorted(set(values) - known - set(aliases))
         if unknown:
             logger.warning("ignoring unknown PruningConfig keys: %s", ", ".join(unknown))
-        kwargs = {key: value for key, value in values.items() if key in known}
+        kwargs = {key: value for key, value in values.items() if key in known and key not in SECTIONS}
         for name in SECTIONS:
-            section = kwargs.get(name)
-            if section is not None and is_dataclass(section):
+            section = values.get(name)
+            if is_dataclass(section):
                 section = asdict(section)
-            kwargs[name] = dict(section or {})
+            kwargs[name] = dict(section) if isinstance(section, dict) else {}
         for alias, (section, name) in aliases.items():
-            if alias in values:
+            if alias in values and not isinstance(values[alias], dict):
                 kwargs[section][name] = values[alias]
         return cls(**kwargs)
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:

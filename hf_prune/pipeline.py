@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 
 from .checkpoint import (check_quantization_available, load_config, load_model, prepare_output_dir,
                          restore_checkpoint_dtype, save_pruned)
-from .config import LEARNED_TARGETS, PruningConfig
+from .config import PruningConfig
 from .corpus import TextSource
 from .data import BUILTIN, DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 from .distributed import process_state
@@ -94,16 +94,17 @@ def _recovery_rows(model, tokenizer, config: PruningConfig) -> tuple[torch.Tenso
     from .calibration import load_calibration
 
     options = config.recovery
-    name = options.data or config.calibration
+    calibration = config.calibration
+    name = options.data or calibration.source
     if name is None:
         raise ConfigError("--recover lora needs text to train on: pass --recover-data (or --calibration) "
                           f"FILE.txt|FILE.jsonl|DATASET, or '{BUILTIN}'")
     if options.data is None:
-        source = TextSource(name, config.calibration_config, config.calibration_split, config.calibration_column)
+        source = TextSource(name, calibration.config, calibration.split, calibration.column)
     else:
         source = TextSource(name)
     rows = load_calibration(source, tokenizer, samples=options.samples + options.eval_rows,
-                            seq_len=resolve_seq_len(model, config.seq_len), seed=config.seed)
+                            seq_len=resolve_seq_len(model, calibration.seq_len), seed=config.seed)
     return rows[: options.samples], rows[options.samples:], name
 
 
@@ -151,11 +152,11 @@ def prune_pretrained(
     loaded = isinstance(model, PreTrainedModel)
     model_id = None if loaded else str(model if model is not None else DEFAULT_MODEL_DIR)
     embedded = model_id is not None and Path(model_id).expanduser().resolve() == DEFAULT_MODEL_DIR
-    if embedded and config.calibration is None and (needs_calibration(config) or config.recovery.method != "none"):
-        config.calibration = BUILTIN  # the embedded default calibrates on the text shipped with it
+    if embedded and config.calibration.source is None and (needs_calibration(config) or config.recovery.method != "none"):
+        config.calibration.source = BUILTIN  # the embedded default calibrates on the text shipped with it
     base_name = base_model_name or (DEFAULT_MODEL_NAME if embedded else model_id or model.name_or_path)
     if quantize_bits is not None:
-        if config.target not in LEARNED_TARGETS:
+        if not config.learned:
             raise ConfigError(f"--load-in-{quantize_bits}bit applies to --target hyperflux only: the other targets "
                               "read full-precision weights")
         if loaded:
@@ -164,10 +165,10 @@ def prune_pretrained(
         check_quantization_available(quantize_bits)
     if output_dir is not None:
         prepare_output_dir(output_dir, overwrite)  # fail before the slow part, not after it
-    if config.target in LEARNED_TARGETS:
+    if config.learned:
         from .hyperflux.trainer import check_saved_state
 
-        check_saved_state(config.state_dir, resume=config.resume, restart=config.restart)
+        check_saved_state(config.hyperflux.state_dir, resume=config.hyperflux.resume, restart=config.hyperflux.restart)
 
     started = time.perf_counter()
     if loaded:

@@ -16,17 +16,18 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .adapters import PrunableScope, get_adapter
-from .allocation import ALLOCATORS, PLANNERS, AllocationRequest, allocate_uniform
+from .allocation import AllocationRequest, allocate_uniform
 from .calibration import load_calibration
 from .checkpoint import as_pruned_model
 from .compensation import compensate
 from .corpus import TextSource
-from .config import LEARNED_TARGETS, PruningConfig
+from .config import PruningConfig
 from .data import BUILTIN
 from .errors import BudgetError, ConfigError
 from .importance import CHANNELS, GRADIENTS, get_importance
 from .statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
 from .surgery import apply_plan
+from .targets import get_target
 
 logger = logging.getLogger(__name__)
 
@@ -125,23 +126,23 @@ DEFAULT_SEQ_LEN = 512
 
 def needs_calibration(config: PruningConfig) -> bool:
     """Whether the run reads calibration text (data-driven scores, compensation or learned gates)."""
-    return config.target in PLANNERS or bool(_needed_statistics(config))
+    return get_target(config.target).planner or bool(_needed_statistics(config))
 
 
 def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> torch.Tensor | None:
     """Token rows for the statistics or gate training the config needs, or None when the run is data-free."""
     if not needs_calibration(config):
         return None
-    if config.calibration is None:
-        planned = config.target in PLANNERS
+    calibration = config.calibration
+    if calibration.source is None:
+        planned = get_target(config.target).planner
         what = (f"target {config.target!r}" if planned else f"importance {config.importance!r}") + (
             f" with --compensate {config.compensate}" if config.compensate != "none" else "")
         raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|DATASET (text "
                           f"of your model's domain), or '{BUILTIN}' for the small English sample shipped with hf-prune")
-    source = TextSource(config.calibration, config.calibration_config, config.calibration_split,
-                        config.calibration_column)
-    return load_calibration(source, tokenizer, samples=config.calibration_samples + config.held_out_rows,
-                            seq_len=resolve_seq_len(model, config.seq_len), seed=config.seed)
+    source = TextSource(calibration.source, calibration.config, calibration.split, calibration.column)
+    return load_calibration(source, tokenizer, samples=calibration.samples + config.held_out_rows,
+                            seq_len=resolve_seq_len(model, calibration.seq_len), seed=config.seed)
 
 
 def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
@@ -157,8 +158,7 @@ def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
 
 
 def _needed_statistics(config: PruningConfig) -> set[str]:
-    scored = config.target not in LEARNED_TARGETS or config.gate_init == "scores"
-    needed = set(get_importance(config.importance).requires) if scored else set()
+    needed = set(get_importance(config.importance).requires) if get_target(config.target).scores(config) else set()
     if config.compensate != "none":
         needed.add(CHANNELS)
     return needed
@@ -178,13 +178,13 @@ def collect_statistics(
     if CHANNELS in needed:
         adapter = get_adapter(model)
         collect_channel_statistics(
-            model, scopes, input_ids, batch_size=config.batch_size, sequential=config.sequential,
-            layers=adapter.decoder_layers(model) if config.sequential else None, stats=stats,
+            model, scopes, input_ids, batch_size=config.calibration.batch_size, sequential=config.calibration.sequential,
+            layers=adapter.decoder_layers(model) if config.calibration.sequential else None, stats=stats,
             gram=config.compensate == "lstsq",
         )
     if GRADIENTS in needed:
         tokens_before = stats.tokens
-        collect_taylor_statistics(model, scopes, input_ids, batch_size=config.batch_size, stats=stats)
+        collect_taylor_statistics(model, scopes, input_ids, batch_size=config.calibration.batch_size, stats=stats)
         if CHANNELS in needed:
             stats.tokens = tokens_before  # the same tokens, seen twice
     model.train(was_training)
@@ -253,16 +253,17 @@ def make_plan(
         total_prunable=sum(scope.num_groups * params_per_group[scope.name] for scope in scopes),
         sparsity=config.sparsity, beta=config.beta, mlp_multiple=config.mlp_multiple, statistics=stats,
     )
-    if config.target not in LEARNED_TARGETS or config.gate_init == "scores":
+    target = get_target(config.target)
+    if target.scores(config):
         importance = get_importance(config.importance)
         request.scores = {
             scope.name: importance(model, scope, stats)
             for scope in tqdm(selected, desc=f"scoring ({config.importance})", unit="scope", leave=False)
         }
-    if config.target in PLANNERS:
-        kept, details, trajectory = PLANNERS[config.target](model, request, config, input_ids, held_out_ids)
+    if target.planner:
+        kept, details, trajectory = target.load()(model, request, config, input_ids, held_out_ids)
     else:
-        allocation = ALLOCATORS[config.target](request)
+        allocation = target.load()(request)
         kept = {name: top_groups(request.scores[name], count) for name, count in allocation.kept.items()}
         details, trajectory = allocation.details, []
     return PruningPlan(kept, details, request.scores, trajectory, _uniform_for_comparison(request, config), stats)

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
 
-from .config import LEARNED_TARGETS, options_for_target
+from .config import flat_options
+from .targets import TARGETS
 from .hyperflux.trajectory import write_trajectory
 from .pruner import PruningReport
 
@@ -95,12 +96,13 @@ def run_options(report: PruningReport) -> dict[str, object]:
     """The options that shaped this run: set, and meaningful for its target (no Hyperflux settings on an
     EMP run; no importance for Hyperflux gates that started uniform, since no score was used)."""
     config = report.config
-    options = {key: value for key, value in options_for_target(config, config["target"]).items()
+    options = {key: value for key, value in flat_options(config).items()
                if value is not None and key not in ("state_dir", "resume", "restart", "recovery")
                and not (key == "uniform_shapes" and not value)}
     if not report.scored:
         options.pop("importance", None)
-    read_text = bool(report.calibration_tokens) or config["target"] in LEARNED_TARGETS
+    learned = getattr(TARGETS.get(config["target"]), "learned", False)
+    read_text = bool(report.calibration_tokens) or learned
     if not read_text:
         for key in [k for k in options if k.startswith("calibration")] + ["seq_len", "batch_size", "sequential"]:
             options.pop(key, None)
@@ -153,7 +155,7 @@ def write_run_artifacts(report: PruningReport, directory: Path, repo_id: str | N
     model_card(report, repo_id).save(directory / "README.md")
     (directory / "hf_prune_report.json").write_text(json.dumps(report.to_info(), indent=2))
     save_allocation_plot(report, directory / "allocation.png")
-    if report.trajectory and report.config["target"] in LEARNED_TARGETS:
+    if report.trajectory and getattr(TARGETS.get(report.config["target"]), "learned", False):
         names, sizes = zip(*report.pruned_scopes)
         write_trajectory(report.trajectory, names, sizes, directory)
     if report.scores:

@@ -114,8 +114,8 @@ def test_least_squares_keeps_everything_when_nothing_is_removed_and_needs_second
 def test_lstsq_from_the_config_cuts_saves_and_reloads(tmp_path):
     model = make_model("mistral")
     rows = torch.randint(0, COMMON["vocab_size"], (4, 16), generator=torch.Generator().manual_seed(0))
-    report = prune(model, PruningConfig(target="search", sparsity=0.3, compensate="lstsq", search_rows=1,
-                                         mlp_levels=4, refine_rounds=0), rows)
+    report = prune(model, PruningConfig.from_dict(dict(target="search", sparsity=0.3, compensate="lstsq", search_rows=1,
+                                                        mlp_levels=4, refine_rounds=0)), rows)
     assert abs(report.achieved_sparsity - 0.3) < 0.02
     with torch.no_grad():
         logits = model(rows).logits

@@ -86,7 +86,7 @@ def test_mlp_multiple_rounds_mlp_widths(capsys, tmp_path):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipes_are_valid_configs(recipe):
     config = PruningConfig.from_dict(load_recipe(recipe))
-    assert config.calibration and config.importance != "magnitude"
+    assert config.calibration.source and config.importance != "magnitude"
     assert "measured:" in recipe.read_text(), "a recipe states the measurement it rests on"
 
 
@@ -95,11 +95,11 @@ def test_flags_override_recipe_values(tmp_path):
     recipe.write_text("target: emp\nsparsity: 0.2\nimportance: activation\ncalibration: data.jsonl\nseq_len: 64\n")
     parser = build_prune_parser()
     config = resolve_config(parser.parse_args(["--recipe", str(recipe), "--sparsity", "0.4"]))
-    assert (config.target, config.sparsity, config.importance, config.seq_len) == ("emp", 0.4, "activation", 64)
+    assert (config.target, config.sparsity, config.importance, config.calibration.seq_len) == ("emp", 0.4, "activation", 64)
     config = resolve_config(parser.parse_args(["--recipe", str(recipe), "--beta", "1.0"]))
     assert config.beta == 1.0 and config.sparsity is None
     config = resolve_config(parser.parse_args(["--recipe", str(recipe), "--no-sequential", "--seq-len", "16"]))
-    assert config.sequential is False and config.seq_len == 16
+    assert config.calibration.sequential is False and config.calibration.seq_len == 16
 
 
 def test_bad_recipe_paths_and_contents(capsys, tmp_path):

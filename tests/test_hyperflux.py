@@ -136,8 +136,8 @@ def test_gates_find_the_groups_that_matter():
     model, scopes, costs = toy_problem()
     rows = self_generated_rows(model, rows=16, length=24)
     budget = sum(s.num_groups // 2 * costs[s.name] for s in scopes)  # room for exactly the useful half
-    options = HyperfluxOptions(steps=100, regrowth_steps=30, tick_every=5, gate_lr=0.02, batch_size=2)
-    result = HyperfluxTrainer(model, scopes, costs, budget, rows, options).run()
+    options = HyperfluxOptions(steps=100, regrowth_steps=30, tick_every=5, gate_lr=0.02)
+    result = HyperfluxTrainer(model, scopes, costs, budget, rows, options, batch_size=2).run()
     for scope in scopes:
         kept = set(result.plan[scope.name])
         useful = set(range(0, scope.num_groups, 2))
@@ -154,10 +154,9 @@ def run_toy(tmp_path, stop_at=None, resume=False, restart=False):
     model, scopes, costs = toy_problem()
     rows = self_generated_rows(model, rows=8, length=16)
     budget = 0.6 * sum(s.num_groups * costs[s.name] for s in scopes)
-    options = HyperfluxOptions(steps=40, regrowth_steps=10, tick_every=5, gate_lr=0.02, batch_size=2,
-                               checkpoint_every=10, state_dir=str(tmp_path / "state"), resume=resume,
+    options = HyperfluxOptions(steps=40, regrowth_steps=10, tick_every=5, gate_lr=0.02, checkpoint_every=10, state_dir=str(tmp_path / "state"), resume=resume,
                                restart=restart)
-    trainer = HyperfluxTrainer(model, scopes, costs, budget, rows, options)
+    trainer = HyperfluxTrainer(model, scopes, costs, budget, rows, options, batch_size=2)
 
     def interrupt(step):
         if stop_at is not None and step == stop_at:
@@ -202,12 +201,12 @@ def test_resume_refuses_another_runs_state(tmp_path):
         HyperfluxTrainer(model, scopes, costs, 1000.0, rows, options).run()
 
 
-def short_run(**overrides):
+def short_run(batch_size=1, **overrides):
     model, scopes, costs = toy_problem()
     rows = self_generated_rows(model, rows=8, length=16)
     budget = 0.6 * sum(s.num_groups * costs[s.name] for s in scopes)
     options = HyperfluxOptions(**{"steps": 10, "regrowth_steps": 0, "tick_every": 5, "gate_lr": 0.02, **overrides})
-    return HyperfluxTrainer(model, scopes, costs, budget, rows, options).run()
+    return HyperfluxTrainer(model, scopes, costs, budget, rows, options, batch_size=batch_size).run()
 
 
 def test_gradient_accumulation_equals_a_larger_batch():

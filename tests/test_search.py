@@ -83,7 +83,7 @@ def calibration():
 def search_config(**overrides):
     values = dict(target="search", sparsity=0.3, calibration="given", search_rows=2, mlp_levels=4, refine_rounds=1)
     values.update(overrides)
-    return PruningConfig(**values)
+    return PruningConfig.from_dict(values)
 
 
 def test_search_meets_the_budget_within_one_group(calibration):
@@ -133,9 +133,9 @@ def test_search_options_and_their_errors():
     assert PruningConfig(target="search").units == "all" and PruningConfig().units == "mlp"
     assert PruningConfig(target="search").held_out_rows == 4 and PruningConfig().held_out_rows == 0
     with pytest.raises(ConfigError, match="search only"):
-        PruningConfig(mlp_levels=4)
-    with pytest.raises(ConfigError, match="refine_rounds must be a non-negative integer"):
-        PruningConfig(target="search", refine_rounds=-1)
+        PruningConfig.from_dict({"mlp_levels": 4})
+    with pytest.raises(ConfigError, match="--refine-rounds must be a non-negative integer"):
+        PruningConfig.from_dict({"target": "search", "refine_rounds": -1})
     with pytest.raises(ConfigError, match="none for scoring"):
         make_plan(make_model("llama"), search_config(search_rows=6), input_ids=torch.zeros(6, 8, dtype=torch.long))
 
@@ -162,7 +162,7 @@ def test_compensated_search_measures_the_model_it_cuts(calibration, compensate):
     config = search_config(compensate=compensate, sparsity=0.4)
     plan = make_plan(model, config, input_ids=calibration)
     assert all(torch.equal(value, dense_state[name]) for name, value in model.state_dict().items())
-    held_out = calibration[-config.search_rows:]
+    held_out = calibration[-config.search.rows:]
     with torch.no_grad():
         reference = torch.log_softmax(model(held_out).logits, dim=-1)
         apply_pruning(model, config, plan)

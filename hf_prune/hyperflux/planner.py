@@ -10,7 +10,7 @@ from torch import nn
 
 from ..allocation import AllocationRequest
 from ..errors import ConfigError
-from .trainer import HyperfluxOptions, HyperfluxTrainer
+from .trainer import HyperfluxTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +24,9 @@ def plan_with_gates(
         raise ConfigError(f"target {config.target!r} needs calibration token ids")
     request.check_one_group_per_scope_fits()
     budget = request.kept_budget
-    options = HyperfluxOptions(
-        steps=config.steps, regrowth_steps=config.regrowth_steps, tick_every=config.tick_every,
-        gate_lr=config.gate_lr, pressure_step=config.pressure_step, pressure_exponent=config.pressure_exponent,
-        grad_accum=config.grad_accum, batch_size=config.batch_size, checkpoint_every=config.checkpoint_every,
-        gate_init=config.gate_init, gradient_checkpointing=config.gradient_checkpointing, seed=config.seed,
-        state_dir=config.state_dir, resume=config.resume, restart=config.restart,
-    )
-    trainer = HyperfluxTrainer(model, request.scopes, request.params_per_group, budget, input_ids, options,
-                               scores=request.scores or None)
+    trainer = HyperfluxTrainer(model, request.scopes, request.params_per_group, budget, input_ids, config.hyperflux,
+                               scores=request.scores or None, batch_size=config.calibration.batch_size,
+                               seed=config.seed)
     result = trainer.run()
     target_density = budget / trainer.gates.total_cost
     details = {"final_density_before_projection": result.final_density,

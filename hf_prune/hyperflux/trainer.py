@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import PrunableScope
+from ..config import HyperfluxOptions
 from ..distributed import process_state
 from ..errors import ConfigError
 from ..statistics import shard_for_this_process
@@ -77,25 +78,6 @@ def check_saved_state(state_dir: str | os.PathLike | None, *, resume: bool, rest
 
 
 @dataclass
-class HyperfluxOptions:
-    steps: int = 200
-    regrowth_steps: int = 20
-    tick_every: int = 10
-    gate_lr: float = 1e-3
-    pressure_step: float = 0.15
-    pressure_exponent: float = 3.0
-    grad_accum: int = 1
-    batch_size: int = 1
-    checkpoint_every: int = 50
-    gate_init: str = "uniform"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    state_dir: str | None = None
-    resume: bool = False
-    restart: bool = False
-
-
-@dataclass
 class HyperfluxResult:
     plan: dict[str, list[int]]
     trajectory: list[dict[str, Any]]
@@ -115,12 +97,17 @@ class HyperfluxTrainer:
         input_ids: torch.Tensor,
         options: HyperfluxOptions,
         scores: Mapping[str, torch.Tensor] | None = None,
+        *,
+        batch_size: int = 1,
+        seed: int = 0,
     ):
         self.model = model
         self.scopes = list(scopes)
         self.params_per_group = dict(params_per_group)
         self.kept_budget = kept_budget
         self.options = options
+        self.batch_size = batch_size
+        self.seed = seed
         self.rows = shard_for_this_process(input_ids)
         self.gates = GateSet(self.scopes, self.params_per_group)
         if options.gate_init == "scores":
@@ -128,7 +115,7 @@ class HyperfluxTrainer:
                 raise ConfigError("gate_init 'scores' needs importance scores")
             self.gates.init_from_scores(scores)
         else:
-            self.gates.init_uniform(generator=torch.Generator().manual_seed(options.seed))
+            self.gates.init_uniform(generator=torch.Generator().manual_seed(seed))
         device = next(model.parameters()).device
         self.gates.to(device)
         self.optimizer = self._new_optimizer()
@@ -154,7 +141,7 @@ class HyperfluxTrainer:
         """The rows of one micro-batch: a seeded permutation per pass over this process's rows,
         indexed by position only, so a resumed run sees the same batches."""
         count = self.rows.shape[0]
-        size = self.options.batch_size
+        size = self.batch_size
         start = (step * self.options.grad_accum + micro) * size
         indices = []
         for position in range(start, start + size):
@@ -164,7 +151,7 @@ class HyperfluxTrainer:
 
     @functools.lru_cache(maxsize=2)
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.options.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(self.rows.shape[0], generator=generator)
 
     # -- loop ------------------------------------------------------------------------------
@@ -312,6 +299,7 @@ class HyperfluxTrainer:
         """Identifies the run (options that shape the result, calibration rows, gated scopes)."""
         bookkeeping = ("state_dir", "resume", "restart", "checkpoint_every")  # say where the state is, not what it is
         options = {k: v for k, v in vars(self.options).items() if k not in bookkeeping}
+        options.update(batch_size=self.batch_size, seed=self.seed)
         digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
         digest.update(input_ids.numpy().tobytes())
         digest.update(json.dumps([(s.name, s.num_groups) for s in self.scopes]).encode())

@@ -150,15 +150,17 @@ def plan_by_search(
     compensation = None
     if config.compensate != "none":  # measure every candidate as it will be cut: compensated
         compensation = TemporaryCompensation(model, request.scopes, request.statistics, config.compensate)
-    meter_class = SweepCostMeter if config.sequential else CostMeter
-    with meter_class(model, adapter, adapter.scopes(model), held_out_ids, config.batch_size, compensation) as meter:
+    options = config.search
+    meter_class = SweepCostMeter if config.calibration.sequential else CostMeter
+    with meter_class(model, adapter, adapter.scopes(model), held_out_ids, config.calibration.batch_size,
+                     compensation) as meter:
         meter.set_base({})
         requests = [(scope, count, mask(scope, count)) for scope in request.scopes
-                    for count in coarse_counts(scope, config.mlp_levels, multiple) if count < scope.num_groups]
+                    for count in coarse_counts(scope, options.mlp_levels, multiple) if count < scope.num_groups]
         # the first table does not depend on the budget: measured once per statistics object, so pruning
         # one scored model at several budgets (make_plan(..., statistics=...)) pays for it once
         cache = request.statistics.derived if request.statistics is not None else {}
-        key = ("search-costs", config.importance, config.compensate, config.mlp_levels, multiple,
+        key = ("search-costs", config.importance, config.compensate, options.mlp_levels, multiple,
                tuple(scope.name for scope in request.scopes), hash(held_out_ids.cpu().numpy().tobytes()))
         if key not in cache:
             cache[key] = meter.measure(requests, "search: measuring costs")
@@ -168,13 +170,13 @@ def plan_by_search(
         kl = meter.set_base({name: mask(meter.scopes[name], count) for name, count in counts.items()})
         trajectory.append({"round": 0, "kl": kl, "candidates": len(requests), "accepted": True})
         logger.info("search: first solution KL %.4f from %d measured candidates", kl, len(requests))
-        step = {s.name: s.num_groups / config.mlp_levels for s in request.scopes}
-        for round_index in range(1, config.refine_rounds + 1):
+        step = {s.name: s.num_groups / options.mlp_levels for s in request.scopes}
+        for round_index in range(1, options.refine_rounds + 1):
             step = {name: value / 2 for name, value in step.items()}
             requests = [(scope, count, mask(scope, count)) for scope in request.scopes
                         for count in finer_counts(scope, counts[scope.name], step[scope.name], multiple)
                         if count != counts[scope.name]]
-            measured = meter.measure(requests, f"search: refining ({round_index}/{config.refine_rounds})")
+            measured = meter.measure(requests, f"search: refining ({round_index}/{options.refine_rounds})")
             candidate = solve_counts(_choices(request, requests, measured, base=counts), target_removed)
             new_kl = meter.set_base({name: mask(meter.scopes[name], count) for name, count in candidate.items()})
             accepted = new_kl < kl
