@@ -187,7 +187,8 @@ def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
     from .pipeline import HubTarget, prune_pretrained
 
     quality = quality_check(args)
-    hub = HubTarget(args.push_to_hub, private=args.private, revision=args.revision) if args.push_to_hub else None
+    hub = (HubTarget(args.push_to_hub, private=args.private or None, revision=args.revision)  # None: the owner's default
+           if args.push_to_hub else None)
     if hub is None and (args.private or args.revision):
         raise ConfigError("--private and --revision apply to --push-to-hub; add --push-to-hub REPO_ID or drop them")
     quantize_bits = 4 if args.load_in_4bit else 8 if args.load_in_8bit else None

@@ -67,17 +67,18 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_the_issue_command_prunes_recovers_scores_gates_and_pushes(capsys, monkeypatch, tmp_path):
+    """The command of the issue, as a user types it (plus --output), on the embedded default: LoRA lifts the
+    held-out word-perplexity retention from 0.875 to 0.920 here, so the 0.9 gate passes and the push goes."""
     hub = FakeHub().install(monkeypatch)
     out = tmp_path / "pruned"
     code, stdout, err = run(capsys, "--target", "emp", "--sparsity", "0.3", "--recover", "lora", "--min-retention",
-                            "0.5", "--push-to-hub", "me/x", "--revision", "v1", "--private", *FAST, "--output", out)
+                            "0.9", "--push-to-hub", "me/x", "--output", out)
     assert code == 0, err
     assert "quality gate passed" in stdout and "pushed to me/x" in stdout
     assert "after recovery" in stdout
-    assert hub.created == [{"repo_id": "me/x", "private": True, "token": None}]
-    assert hub.branches == [{"repo_id": "me/x", "branch": "v1"}]
+    assert hub.created == [{"repo_id": "me/x", "private": None, "token": None}] and hub.branches == []
     [upload] = hub.uploads
-    assert upload["repo_id"] == "me/x" and upload["revision"] == "v1"
+    assert upload["repo_id"] == "me/x" and upload["revision"] is None
     assert {"model.safetensors", "config.json", "modeling_hf_prune.py", "tokenizer.json", "README.md",
             "allocation.png", "hf_prune_report.json"} <= set(upload["files"])
     assert upload["files"] == sorted(p.name for p in out.iterdir()), "what is pushed is what was written"
@@ -98,13 +99,24 @@ def test_the_issue_command_prunes_recovers_scores_gates_and_pushes(capsys, monke
     assert perplexity["higher_is_better"] is False
     assert perplexity["retention"] == pytest.approx(perplexity["dense"] / perplexity["pruned"])
     assert perplexity["recovered_retention"] == pytest.approx(perplexity["dense"] / perplexity["recovered"])
-    assert info["quality"]["passed"] is True and info["quality"]["min_retention"] == 0.5
+    assert info["quality"]["passed"] is True and info["quality"]["min_retention"] == 0.9
+    assert perplexity["recovered_retention"] > perplexity["retention"], "recovery raised the retention"
     recovery = info["recovery"]
     assert recovery["perplexity_after"] < recovery["perplexity_before"], "LoRA recovered part of the loss"
     assert recovery["perplexity_dense"] < recovery["perplexity_before"]
 
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # a plain model: the LoRA is merged
     assert not any("lora" in name for name, _ in reloaded.named_parameters())
+
+
+def test_private_repo_on_a_branch(capsys, monkeypatch, tmp_path):
+    hub = FakeHub().install(monkeypatch)
+    code, _, err = run(capsys, "--sparsity", "0.3", "--recover", "lora", *FAST, "--push-to-hub", "me/x", "--revision",
+                       "v1", "--private", "--output", tmp_path / "pruned")
+    assert code == 0, err
+    assert hub.created == [{"repo_id": "me/x", "private": True, "token": None}]
+    assert hub.branches == [{"repo_id": "me/x", "branch": "v1"}]
+    assert [upload["revision"] for upload in hub.uploads] == ["v1"]
 
 
 def test_below_min_retention_the_model_is_saved_not_pushed_and_the_status_is_3(capsys, monkeypatch, tmp_path):
