@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prune  # noqa: F401  (registers the pruned classes)
 from hf_prune.quality import fixed_token_set, paired_comparison, window_nll
+
+#: the pipeline's console for benchmark runs: their own table says what each run did
+QUIET = Console(quiet=True)
 
 EVAL_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = EVAL_DIR / "reference"

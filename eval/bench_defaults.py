@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from bench_common import REFERENCE_DIR, Bench, Timer, ratio_cell, write_results
-from hf_prune import PruningConfig, prune
+from bench_common import QUIET, REFERENCE_DIR, Bench, Timer, ratio_cell, write_results
+from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
-from hf_prune.data import DEFAULT_MODEL_DIR
 from hf_prune.corpus import default_corpus_dir
+from hf_prune.data import DEFAULT_MODEL_DIR
 from hf_prune.pruner import calibration_ids, collect_statistics
 
 #: label -> PruningConfig fields; every data-driven criterion shares one statistics pass per seed
@@ -79,9 +79,9 @@ def main() -> None:
                 if recipe["importance"] == "magnitude" and seed != args.seeds[0]:
                     continue  # data-free: every seed gives the same model
                 config = PruningConfig.from_dict(dict(sparsity=sparsity, calibration="builtin", seed=seed, **recipe))
-                model = bench.fresh_copy()
                 try:
-                    report = prune(model, config, statistics=statistics)
+                    model, report = prune_pretrained(bench.fresh_copy(), config, tokenizer=bench.tokenizer,
+                                                     input_ids=rows, statistics=statistics, console=QUIET)
                 except Exception as error:  # e.g. a budget that whole groups cannot meet
                     print(f"skip {model_name} / {label} / {sparsity}: {error}")
                     continue

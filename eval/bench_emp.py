@@ -19,8 +19,9 @@ from collections import defaultdict
 
 import torch
 
-from bench_common import REFERENCE_DIR, RESULTS_DIR, Bench, Timer, ratio_cell, save_ratio_figure, write_results
-from hf_prune import PruningConfig, prune
+from bench_common import (QUIET, REFERENCE_DIR, RESULTS_DIR, Bench, Timer, ratio_cell, save_ratio_figure,
+                          write_results)
+from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
 from hf_prune.pruner import calibration_ids, collect_statistics
 
@@ -63,9 +64,9 @@ def main() -> None:
         for (label, (target, units)), sparsity, compensate in grid:
             config = PruningConfig(target=target, units=units, sparsity=sparsity, importance=importance,
                                    compensate=compensate, calibration="reference", seed=seed)
-            model = bench.fresh_copy()
             try:
-                report = prune(model, config, statistics=statistics)
+                model, report = prune_pretrained(bench.fresh_copy(), config, tokenizer=bench.tokenizer,
+                                                 input_ids=rows, statistics=statistics, console=QUIET)
             except Exception as error:  # e.g. a budget uniform cannot meet with whole groups
                 print(f"skip {label} {importance} {sparsity} {compensate}: {error}")
                 continue

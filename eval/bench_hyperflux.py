@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from bench_common import REFERENCE_DIR, RESULTS_DIR, Bench, write_results
-from hf_prune import PruningConfig
+from bench_common import QUIET, REFERENCE_DIR, RESULTS_DIR, Bench, write_results
+from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
 from hf_prune.hyperflux import GateSet
 from hf_prune.hyperflux.trajectory import plot_trajectory
-from hf_prune.pruner import apply_pruning, calibration_ids, collect_statistics, make_plan
+from hf_prune.pruner import calibration_ids, collect_statistics
 
 ONE_SHOT = {  # label -> PruningConfig overrides
     "uniform (activation)": {"target": "uniform", "importance": "activation"},
@@ -105,10 +105,10 @@ def main() -> None:
     for sparsity in args.sparsities:
         for label, overrides in methods.items():
             config = PruningConfig.from_dict({"sparsity": sparsity, **common, **overrides})
-            model = bench.fresh_copy()
             started = time.perf_counter()
-            plan = make_plan(model, config, rows, statistics if config.target != "hyperflux" else None)
-            report = apply_pruning(model, config, plan)
+            model, report = prune_pretrained(bench.fresh_copy(), config, tokenizer=bench.tokenizer, input_ids=rows,
+                                             statistics=statistics if config.target != "hyperflux" else None,
+                                             console=QUIET)
             seconds = time.perf_counter() - started
             comparison = bench.compare(model)
             row = {"method": label, "sparsity": sparsity, "achieved": report.achieved_sparsity, "seconds": seconds,

@@ -39,6 +39,7 @@ from .errors import ConfigError
 from .offload import has_offloaded_weights
 from .pruner import PruningReport, apply_pruning, calibration_ids, make_plan, needs_calibration, resolve_seq_len
 from .quality.local_tasks import LOCAL_TASKS
+from .statistics import CalibrationStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ def prune_pretrained(
     overwrite: bool = False,
     push_to_hub: HubTarget | str | None = None,
     base_model_name: str | None = None,
+    input_ids: torch.Tensor | None = None,
+    statistics: CalibrationStatistics | None = None,
     console: Console | None = None,
 ) -> tuple[PreTrainedModel, PruningReport]:
     """Prune a model end to end; returns the pruned model (in memory) and the report of what was done.
@@ -141,6 +144,10 @@ def prune_pretrained(
     ``quality`` scores dense / pruned / recovered with lm-eval and may gate the push. ``output_dir`` writes
     the checkpoint (atomically, with card, report and plot); ``push_to_hub`` uploads it (to a temporary
     directory first when no ``output_dir`` is given) unless the quality gate failed.
+
+    ``input_ids`` (calibration rows) and ``statistics`` (collected on this dense model by
+    :func:`hf_prune.pruner.collect_statistics`) may be given to score once and prune copies at several
+    budgets, as the benchmarks do.
 
     On a CPU with ``dtype="auto"`` the work is done in float32 and a written checkpoint is stored in the
     base checkpoint's dtype, so pruning never makes the files larger.
@@ -182,8 +189,9 @@ def prune_pretrained(
         if device_map is None and state.num_processes > 1:
             device_map = {"": state.device}
         model, tokenizer = load_model(model_id, dtype=dtype, device_map=device_map, quantize_bits=quantize_bits)
-    input_ids = calibration_ids(model, tokenizer, config)
-    plan = make_plan(model, config, input_ids)
+    if input_ids is None:
+        input_ids = calibration_ids(model, tokenizer, config)
+    plan = make_plan(model, config, input_ids, statistics)
     if quantize_bits is not None:  # gates were learned on the quantized base: cut the real weights
         del model
         model, _ = load_model(model_id, dtype=dtype, device_map=device_map)
