@@ -90,6 +90,19 @@ def _scores(model, tokenizer, quality: QualityCheck):
     return headline_scores(results)
 
 
+def _dense_measures(model, tokenizer, quality: QualityCheck | None, eval_rows: torch.Tensor | None,
+                    config: PruningConfig, main: bool) -> tuple[float | None, list | None]:
+    """The dense model's perplexity on the held-out recovery rows and its lm-eval scores (main process only)."""
+    if not main:
+        return None, None
+    perplexity = None
+    if eval_rows is not None:
+        from .recovery.lora import held_out_perplexity
+
+        perplexity = held_out_perplexity(model, eval_rows, config.recovery.batch_size)
+    return perplexity, _scores(model, tokenizer, quality) if quality else None
+
+
 def _recovery_rows(model, tokenizer, config: PruningConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(training rows, held-out rows, source name) of the recovery text."""
     from .calibration import load_calibration
@@ -189,27 +202,28 @@ def prune_pretrained(
         if device_map is None and state.num_processes > 1:
             device_map = {"": state.device}
         model, tokenizer = load_model(model_id, dtype=dtype, device_map=device_map, quantize_bits=quantize_bits)
+    main = state.is_main_process
+    recovering = config.recovery.method != "none" and main
+    if recovering:  # read the recovery text now: a bad --recover-data fails before the slow part
+        train_rows, eval_rows, recovery_source = _recovery_rows(model, tokenizer, config)
+    dense = None
+    if quantize_bits is None:  # score the dense model first: a task whose data cannot load fails early too
+        dense = _dense_measures(model, tokenizer, quality, eval_rows if recovering else None, config, main)
+
     if input_ids is None:
         input_ids = calibration_ids(model, tokenizer, config)
     plan = make_plan(model, config, input_ids, statistics)
     if quantize_bits is not None:  # gates were learned on the quantized base: cut the real weights
         del model
         model, _ = load_model(model_id, dtype=dtype, device_map=device_map)
+        dense = _dense_measures(model, tokenizer, quality, eval_rows if recovering else None, config, main)
     elif has_offloaded_weights(model):  # offloaded weights live in accelerate's store: cut a copy in CPU memory
         if loaded:
             raise ConfigError("a model offloaded by device_map is cut from a CPU copy: pass its id or directory")
         del model
         console.print(f"reloading {model_id} into CPU memory for the cut (--device-map offloaded its weights)")
         model, _ = load_model(model_id, dtype=dtype, device_map=None)
-
-    main = state.is_main_process
-    recovering = config.recovery.method != "none" and main
-    if recovering:
-        from .recovery.lora import held_out_perplexity
-
-        train_rows, eval_rows, recovery_source = _recovery_rows(model, tokenizer, config)
-        dense_perplexity = held_out_perplexity(model, eval_rows, config.recovery.batch_size)
-    dense_scores = _scores(model, tokenizer, quality) if quality and main else None
+    dense_perplexity, dense_scores = dense
 
     report = apply_pruning(model, config, plan)
     report.base_model = base_name

@@ -214,3 +214,13 @@ def test_recipes_take_the_recovery_section_nested_or_by_flag_name():
 def test_unknown_eval_task_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "--eval-tasks", "no_such_task_xyz", "--output", tmp_path / "o")
     assert code == 2 and "unknown lm-eval task(s): no_such_task_xyz" in err
+
+
+def test_a_task_whose_data_cannot_load_fails_before_pruning(capsys, tmp_path, monkeypatch):
+    """arc_easy's dataset is on the Hub, which is offline here: one line, before any pruning work."""
+    import hf_prune.pipeline
+
+    monkeypatch.setattr(hf_prune.pipeline, "make_plan", lambda *args, **kwargs: pytest.fail("planned first"))
+    code, _, err = run(capsys, "--eval-tasks", "arc_easy", "--output", tmp_path / "o")
+    assert code == 2 and "lm-eval could not load the data of arc_easy" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..corpus import load_documents, resolve_split_file
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .local_tasks import LOCAL_TASKS, NEXT_SENTENCE_TASK, PERPLEXITY_TASK, write_runtime_tasks
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ def run_lm_eval(
                 return simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                                        bootstrap_iters=0, log_samples=True, random_seed=None,
                                        numpy_random_seed=None, torch_random_seed=None)
+        except (ConnectionError, FileNotFoundError) as error:  # a task's dataset: offline, or not on the Hub
+            raise ConfigError(f"lm-eval could not load the data of {', '.join(tasks)}: {first_line(error)}; go "
+                              f"online (or pre-download it), or use the local tasks {', '.join(LOCAL_TASKS)}") from error
         finally:
             model.train(was_training)
 
