@@ -43,9 +43,11 @@ def _recovery_section(report: PruningReport) -> str:
     if not recovery:
         return ""
     options = report.config.get("recovery", {})
+    fate = ("merged into the weights, so this is a plain checkpoint" if recovery.get("kept", True) else
+            "discarded, because it did not lower the perplexity of the held-out rows")
     return (f"## Recovery\n\nA LoRA (peft; rank {options.get('rank')}, {recovery['steps']} steps, lr "
             f"{options.get('lr')}, modules `{options.get('target_modules')}`) was trained on `{recovery['data']}` "
-            f"({recovery['train_tokens']:,} tokens) and merged into the weights, so this is a plain checkpoint. "
+            f"({recovery['train_tokens']:,} tokens) and {fate}. "
             f"Perplexity on {recovery['eval_rows']} held-out rows of that text: {recovery['perplexity_dense']:.3f} "
             f"dense, {recovery['perplexity_before']:.3f} after the cut, {recovery['perplexity_after']:.3f} after "
             "recovery.\n")

@@ -221,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_prune_parser().parse_args(parse_argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # lm-eval warns per over-long item (it truncates them, as it should); -v shows it
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    if not args.verbose:
+        # lm-eval warns per over-long item (it truncates them, as it should); bitsandbytes, imported by peft for
+        # --recover, warns that an optional CPU kernel package is missing. -v shows both.
+        for name in ("lm_eval", "bitsandbytes"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     config = None
     try:
         config = resolve_config(args)

@@ -256,7 +256,8 @@ def prune_pretrained(
             r = report.recovery
             console.print(f"recovery ({r['method']}): held-out perplexity {r['perplexity_dense']:.3f} dense, "
                           f"{r['perplexity_before']:.3f} after the cut, {r['perplexity_after']:.3f} after recovery "
-                          f"({r['seconds']:.1f}s)")
+                          f"({r['seconds']:.1f}s)" + ("" if r["kept"] else "; the adapter did not help and was "
+                                                      "discarded"))
         if report.quality:
             _print_quality(console, report.quality)
     if (output_dir is not None or hub is not None) and main:

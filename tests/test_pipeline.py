@@ -224,3 +224,19 @@ def test_a_task_whose_data_cannot_load_fails_before_pruning(capsys, tmp_path, mo
     code, _, err = run(capsys, "--eval-tasks", "arc_easy", "--output", tmp_path / "o")
     assert code == 2 and "lm-eval could not load the data of arc_easy" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_lora_that_does_not_help_is_discarded_and_leaves_the_weights_as_they_were():
+    from hf_prune.config import RecoveryOptions
+    from hf_prune.recovery.lora import recover_with_lora
+    from hf_prune.testing import make_tiny_model
+
+    model = make_tiny_model("llama")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    held_out = torch.randint(0, 200, (4, 16), generator=torch.Generator().manual_seed(0))
+    one_token = torch.full((8, 16), 5)  # text unlike the held-out rows: learning it can only hurt them
+    options = RecoveryOptions(method="lora", steps=20, lr=1e-2, batch_size=4, samples=8, eval_rows=4)
+    result = recover_with_lora(model, one_token, held_out, options)
+    assert not result.kept and result.perplexity_after == pytest.approx(result.perplexity_before)
+    assert set(model.state_dict()) == set(before), "no adapter module is left behind"
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,8 @@ class RecoveryResult:
     trainable_parameters: int
     train_tokens: int
     seconds: float
+    #: whether the adapter was merged: it is discarded when it did not lower the held-out perplexity
+    kept: bool = True
 
     def to_dict(self) -> dict[str, float | int | str]:
         return dict(vars(self))
@@ -63,7 +66,8 @@ def held_out_perplexity(model: nn.Module, input_ids: torch.Tensor, batch_size: i
 def recover_with_lora(
     model: nn.Module, train_ids: torch.Tensor, eval_ids: torch.Tensor, options: RecoveryOptions, *, seed: int = 0
 ) -> RecoveryResult:
-    """Train a LoRA on ``train_ids`` rows (next-token loss), merge it into ``model`` in place.
+    """Train a LoRA on ``train_ids`` rows (next-token loss) and merge it into ``model`` in place — unless it
+    did not lower the perplexity of the held-out ``eval_ids`` rows, then it is discarded (``kept`` False).
 
     Rows are visited in a seeded random order, ``options.batch_size`` per step, for ``options.steps``
     steps (the order restarts when the rows run out). The model's own weights stay frozen; only the
@@ -74,7 +78,9 @@ def recover_with_lora(
     before = held_out_perplexity(model, eval_ids, options.batch_size)
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha or 2 * options.rank, lora_dropout=0.0,
                       target_modules=options.target_module_names, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing` (its issue)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
@@ -94,15 +100,23 @@ def recover_with_lora(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    merged = peft_model.merge_and_unload()
-    if merged is not model:  # peft edits the model in place and hands the same object back
-        raise RuntimeError("peft's merge_and_unload returned a new model; hf-prune expects it in place")
+    with_adapter = held_out_perplexity(peft_model, eval_ids, options.batch_size)
+    kept = with_adapter < before
+    # keep the adapter only if it helped on the held-out rows of the recovery text (never judged on the
+    # evaluation tasks, which may be a test split); merged, the saved model is a plain checkpoint
+    result_model = peft_model.merge_and_unload() if kept else peft_model.unload()
+    if result_model is not model:  # peft edits the model in place and hands the same object back
+        raise RuntimeError("peft returned a new model object; hf-prune expects the model edited in place")
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # as from_pretrained leaves them; peft froze them for training
     seconds = time.perf_counter() - started
     after = held_out_perplexity(model, eval_ids, options.batch_size)
+    if not kept:
+        logger.warning("LoRA recovery did not lower the perplexity of the %d held-out rows (%.3f -> %.3f); the "
+                       "adapter was discarded and the cut model is kept as it was", eval_ids.shape[0], before,
+                       with_adapter)
     logger.info("LoRA recovery: perplexity %.3f -> %.3f on %d held-out rows in %.1fs", before, after,
                 eval_ids.shape[0], seconds)
     return RecoveryResult("lora", before, after, options.steps, sum(p.numel() for p in trainable),
-                          options.steps * options.batch_size * train_ids.shape[1], seconds)
+                          options.steps * options.batch_size * train_ids.shape[1], seconds, kept)
