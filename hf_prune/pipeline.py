@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from rich.console import Console
@@ -90,21 +90,32 @@ def _scores(model, tokenizer, quality: QualityCheck):
     return headline_scores(results)
 
 
-def _dense_measures(model, tokenizer, quality: QualityCheck | None, eval_rows: torch.Tensor | None,
-                    config: PruningConfig, main: bool) -> tuple[float | None, list | None]:
+class _DenseMeasures(NamedTuple):
+    perplexity: float | None  # on the held-out recovery rows (None without recovery)
+    scores: list | None  # lm-eval headline scores (None without quality)
+
+
+class _RecoveryText(NamedTuple):
+    train: torch.Tensor
+    held_out: torch.Tensor
+    source: str
+
+
+def _dense_measures(model, tokenizer, quality: QualityCheck | None, recovery: _RecoveryText | None,
+                    config: PruningConfig, main: bool) -> _DenseMeasures:
     """The dense model's perplexity on the held-out recovery rows and its lm-eval scores (main process only)."""
     if not main:
-        return None, None
+        return _DenseMeasures(None, None)
     perplexity = None
-    if eval_rows is not None:
+    if recovery is not None:
         from .recovery.lora import held_out_perplexity
 
-        perplexity = held_out_perplexity(model, eval_rows, config.recovery.batch_size)
-    return perplexity, _scores(model, tokenizer, quality) if quality else None
+        perplexity = held_out_perplexity(model, recovery.held_out, config.recovery.batch_size)
+    return _DenseMeasures(perplexity, _scores(model, tokenizer, quality) if quality else None)
 
 
-def _recovery_rows(model, tokenizer, config: PruningConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(training rows, held-out rows, source name) of the recovery text."""
+def _recovery_rows(model, tokenizer, config: PruningConfig) -> _RecoveryText:
+    """Training rows, held-out rows and the source name of the recovery text."""
     from .calibration import load_calibration
 
     options = config.recovery
@@ -119,7 +130,7 @@ def _recovery_rows(model, tokenizer, config: PruningConfig) -> tuple[torch.Tenso
         source = TextSource(name)
     rows = load_calibration(source, tokenizer, samples=options.samples + options.eval_rows,
                             seq_len=resolve_seq_len(model, calibration.seq_len), seed=config.seed)
-    return rows[: options.samples], rows[options.samples:], name
+    return _RecoveryText(rows[: options.samples], rows[options.samples:], name)
 
 
 def _print_quality(console: Console, quality: dict[str, Any]) -> None:
@@ -168,31 +179,19 @@ def prune_pretrained(
     config = config if config is not None else PruningConfig()
     hub = HubTarget(push_to_hub) if isinstance(push_to_hub, str) else push_to_hub
     state = process_state()
-    console = console or Console(quiet=not state.is_main_process)
+    main = state.is_main_process
+    console = console or Console(quiet=not main)
     loaded = isinstance(model, PreTrainedModel)
     model_id = None if loaded else str(model if model is not None else DEFAULT_MODEL_DIR)
     embedded = model_id is not None and Path(model_id).expanduser().resolve() == DEFAULT_MODEL_DIR
     if embedded and config.calibration.source is None and (needs_calibration(config) or config.recovery.method != "none"):
         config.calibration.source = BUILTIN  # the embedded default calibrates on the text shipped with it
     base_name = base_model_name or (DEFAULT_MODEL_NAME if embedded else model_id or model.name_or_path)
-    if quantize_bits is not None:
-        if not config.learned:
-            raise ConfigError(f"--load-in-{quantize_bits}bit applies to --target hyperflux only: the other targets "
-                              "read full-precision weights")
-        if loaded:
-            raise ConfigError("quantize_bits needs a model id or directory: the full-precision weights are reloaded "
-                              "for the cut")
-        check_quantization_available(quantize_bits)
-    if output_dir is not None:
-        prepare_output_dir(output_dir, overwrite)  # fail before the slow part, not after it
-    if config.learned:
-        from .hyperflux.trainer import check_saved_state
-
-        check_saved_state(config.hyperflux.state_dir, resume=config.hyperflux.resume, restart=config.hyperflux.restart)
+    _check_before_loading(config, loaded, quantize_bits, output_dir, overwrite)
 
     started = time.perf_counter()
+    source_dtype = None
     if loaded:
-        source_dtype = None
         if tokenizer is None:
             raise ConfigError("pass the tokenizer with an already loaded model (prune_pretrained(model, config, "
                               "tokenizer=...))")
@@ -202,13 +201,9 @@ def prune_pretrained(
         if device_map is None and state.num_processes > 1:
             device_map = {"": state.device}
         model, tokenizer = load_model(model_id, dtype=dtype, device_map=device_map, quantize_bits=quantize_bits)
-    main = state.is_main_process
-    recovering = config.recovery.method != "none" and main
-    if recovering:  # read the recovery text now: a bad --recover-data fails before the slow part
-        train_rows, eval_rows, recovery_source = _recovery_rows(model, tokenizer, config)
-    dense = None
-    if quantize_bits is None:  # score the dense model first: a task whose data cannot load fails early too
-        dense = _dense_measures(model, tokenizer, quality, eval_rows if recovering else None, config, main)
+    recovery = _recovery_rows(model, tokenizer, config) if config.recovery.method != "none" and main else None
+    if quantize_bits is None:  # score the dense model first: a task whose data cannot load fails early
+        dense = _dense_measures(model, tokenizer, quality, recovery, config, main)
 
     if input_ids is None:
         input_ids = calibration_ids(model, tokenizer, config)
@@ -216,14 +211,13 @@ def prune_pretrained(
     if quantize_bits is not None:  # gates were learned on the quantized base: cut the real weights
         del model
         model, _ = load_model(model_id, dtype=dtype, device_map=device_map)
-        dense = _dense_measures(model, tokenizer, quality, eval_rows if recovering else None, config, main)
+        dense = _dense_measures(model, tokenizer, quality, recovery, config, main)
     elif has_offloaded_weights(model):  # offloaded weights live in accelerate's store: cut a copy in CPU memory
         if loaded:
             raise ConfigError("a model offloaded by device_map is cut from a CPU copy: pass its id or directory")
         del model
         console.print(f"reloading {model_id} into CPU memory for the cut (--device-map offloaded its weights)")
         model, _ = load_model(model_id, dtype=dtype, device_map=None)
-    dense_perplexity, dense_scores = dense
 
     report = apply_pruning(model, config, plan)
     report.base_model = base_name
@@ -231,41 +225,72 @@ def prune_pretrained(
         from .export import EXPORTERS
 
         model = EXPORTERS["stock"](model)
-    pruned_scores = _scores(model, tokenizer, quality) if quality and main else None
-    recovered_scores = None
-    if recovering:
-        from .recovery import RECOVERY_METHODS
+    if main:
+        pruned_scores = _scores(model, tokenizer, quality) if quality else None
+        recovered_scores = _recover(model, tokenizer, config, quality, recovery, dense, report, console)
+        if quality is not None:
+            from .quality import retention_table
 
-        console.print(f"recovering with {config.recovery.method}: {config.recovery.steps} steps on {recovery_source}")
-        result = RECOVERY_METHODS[config.recovery.method](model, train_rows, eval_rows, config.recovery, seed=config.seed)
-        report.recovery = {**result.to_dict(), "data": recovery_source, "eval_rows": int(eval_rows.shape[0]),
-                           "perplexity_dense": dense_perplexity}
-        recovered_scores = _scores(model, tokenizer, quality) if quality else None
-    if dense_scores is not None:
-        from .quality import retention_table
-
-        report.quality = retention_table(dense_scores, pruned_scores, recovered_scores,
-                                         min_retention=quality.min_retention, heldout=quality.heldout or BUILTIN)
+            report.quality = retention_table(dense.scores, pruned_scores, recovered_scores,
+                                             min_retention=quality.min_retention, heldout=quality.heldout or BUILTIN)
     model.config.hf_prune = report.to_info()
 
     if main:
-        from .report import print_summary
-
-        print_summary(report, console)
-        if report.recovery:
-            r = report.recovery
-            console.print(f"recovery ({r['method']}): held-out perplexity {r['perplexity_dense']:.3f} dense, "
-                          f"{r['perplexity_before']:.3f} after the cut, {r['perplexity_after']:.3f} after recovery "
-                          f"({r['seconds']:.1f}s)" + ("" if r["kept"] else "; the adapter did not help and was "
-                                                      "discarded"))
-        if report.quality:
-            _print_quality(console, report.quality)
-    if (output_dir is not None or hub is not None) and main:
-        if dtype == "auto" and source_dtype is not None:
-            restore_checkpoint_dtype(model, source_dtype)
-        _save_and_push(model, tokenizer, report, output_dir, overwrite, hub, console, started)
+        _print_results(report, console)
+        if output_dir is not None or hub is not None:
+            if dtype == "auto" and source_dtype is not None:
+                restore_checkpoint_dtype(model, source_dtype)
+            _save_and_push(model, tokenizer, report, output_dir, overwrite, hub, console, started)
     state.wait_for_everyone()
     return model, report
+
+
+def _check_before_loading(config: PruningConfig, loaded: bool, quantize_bits: int | None, output_dir: Any,
+                          overwrite: bool) -> None:
+    """Everything that can be refused without the model: refused before minutes of loading, not after."""
+    if quantize_bits is not None:
+        if not config.learned:
+            raise ConfigError(f"--load-in-{quantize_bits}bit applies to --target hyperflux only: the other targets "
+                              "read full-precision weights")
+        if loaded:
+            raise ConfigError("quantize_bits needs a model id or directory: the full-precision weights are reloaded "
+                              "for the cut")
+        check_quantization_available(quantize_bits)
+    if output_dir is not None:
+        prepare_output_dir(output_dir, overwrite)
+    if config.learned:
+        from .hyperflux.trainer import check_saved_state
+
+        check_saved_state(config.hyperflux.state_dir, resume=config.hyperflux.resume, restart=config.hyperflux.restart)
+
+
+def _recover(model, tokenizer, config: PruningConfig, quality: QualityCheck | None, recovery: _RecoveryText | None,
+             dense: _DenseMeasures, report: PruningReport, console: Console) -> list | None:
+    """Run the recovery method on the cut model; its result goes into the report. Returns the recovered
+    model's lm-eval scores (None without recovery or without quality)."""
+    if recovery is None:
+        return None
+    from .recovery import RECOVERY_METHODS
+
+    console.print(f"recovering with {config.recovery.method}: {config.recovery.steps} steps on {recovery.source}")
+    result = RECOVERY_METHODS[config.recovery.method](model, recovery.train, recovery.held_out, config.recovery,
+                                                      seed=config.seed)
+    report.recovery = {**result.to_dict(), "data": recovery.source, "eval_rows": int(recovery.held_out.shape[0]),
+                       "perplexity_dense": dense.perplexity}
+    return _scores(model, tokenizer, quality) if quality else None
+
+
+def _print_results(report: PruningReport, console: Console) -> None:
+    from .report import print_summary
+
+    print_summary(report, console)
+    if report.recovery:
+        r = report.recovery
+        console.print(f"recovery ({r['method']}): held-out perplexity {r['perplexity_dense']:.3f} dense, "
+                      f"{r['perplexity_before']:.3f} after the cut, {r['perplexity_after']:.3f} after recovery "
+                      f"({r['seconds']:.1f}s)" + ("" if r["kept"] else "; the adapter did not help and was discarded"))
+    if report.quality:
+        _print_quality(console, report.quality)
 
 
 def _save_and_push(model, tokenizer, report: PruningReport, output_dir, overwrite: bool, hub: HubTarget | None,
@@ -280,9 +305,10 @@ def _save_and_push(model, tokenizer, report: PruningReport, output_dir, overwrit
                               write_extras=lambda directory: write_run_artifacts(
                                   report, directory, hub.repo_id if hub is not None else None))
         if output_dir is not None:
+            how = ("anywhere: it is a stock checkpoint" if report.config.get("uniform_shapes") else
+                   "after `import hf_prune`, or with trust_remote_code=True without it")
             console.print(f"wrote {written} in {time.perf_counter() - started:.1f}s; reload with "
-                          f"AutoModelForCausalLM.from_pretrained({str(written)!r}) after `import hf_prune`, "
-                          "or with trust_remote_code=True without it")
+                          f"AutoModelForCausalLM.from_pretrained({str(written)!r}) {how}")
         if hub is None:
             return
         if gate_failed:

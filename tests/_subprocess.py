@@ -42,18 +42,17 @@ def run_python(code: str, *, block_hf_prune: bool = False, timeout: int = 240) -
 def run_without_hf_prune(checkpoint, input_ids, workdir) -> tuple[str, dict]:
     """Load ``checkpoint`` with ``trust_remote_code=True`` in a process where hf_prune cannot be imported;
     return the loaded class name and its logits and greedy tokens (6 new) on ``input_ids``."""
-    import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
-    torch.save({"input_ids": input_ids}, workdir / "inputs.pt")
+    save_file({"input_ids": input_ids.contiguous()}, str(workdir / "inputs.safetensors"))
     result = run_python(
         f"""
         import sys, torch
         from transformers import AutoModelForCausalLM
-        from safetensors.torch import save_file
+        from safetensors.torch import load_file, save_file
         model = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
         assert "hf_prune" not in sys.modules
-        input_ids = torch.load({str(workdir / "inputs.pt")!r})["input_ids"]
+        input_ids = load_file({str(workdir / "inputs.safetensors")!r})["input_ids"]
         with torch.no_grad():
             logits = model(input_ids).logits
             tokens = model.generate(input_ids[:1, :5], max_new_tokens=6, do_sample=False)

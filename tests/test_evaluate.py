@@ -141,11 +141,18 @@ def test_cli_prints_metrics_and_fails_cleanly(tmp_path, toy, corpus, capsys):
     tok.save_pretrained(tmp_path / "m")
     out = tmp_path / "metrics.json"
     rc = eval_cli.main(["--model", str(tmp_path / "m"), "--test-file", str(corpus / "test.jsonl"),
-                        "--tasks", ev.PERPLEXITY_TASK, "--limit", "3", "--json-out", str(out)])
+                        "--tasks", ev.PERPLEXITY_TASK, "--limit", "3", "--json-out", str(out),
+                        "--device", "cpu", "--dtype", "float32", "--batch-size", "2"])
     assert rc == 0
     assert "token_perplexity" in capsys.readouterr().out
     assert json.loads(out.read_text())["metrics"]["num_docs"] == 3
 
+    assert eval_cli.main(["--model", "no-such-owner/no-such-model", "--tasks", ev.PERPLEXITY_TASK,
+                          "--test-file", str(corpus)]) == 2  # a Hub id, and the Hub is offline here
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-owner/no-such-model" in err
+    assert eval_cli.main(["--model", str(tmp_path / "m"), "--tasks", "no_such_task", "--test-file", str(corpus)]) == 2
+    assert "unknown lm-eval task(s): no_such_task" in capsys.readouterr().err
     assert eval_cli.main(["--model", str(tmp_path / "missing"), "--test-file", str(corpus)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err

@@ -240,3 +240,29 @@ def test_a_lora_that_does_not_help_is_discarded_and_leaves_the_weights_as_they_w
     assert not result.kept and result.perplexity_after == pytest.approx(result.perplexity_before)
     assert set(model.state_dict()) == set(before), "no adapter module is left behind"
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+
+
+def test_the_card_links_a_hub_base_model_and_not_a_local_path():
+    from hf_prune.card import hub_id_or_none, model_card
+    from hf_prune.pruner import PruningReport
+
+    report = PruningReport(config={"target": "uniform", "sparsity": 0.3, "importance": "activation"}, layers=[],
+                           params_before=10, params_after=7, prunable_before=10, prunable_after=7,
+                           base_model="meta-llama/Llama-3.1-8B")
+    card = model_card(report, repo_id="me/x")
+    assert card.data.base_model == "meta-llama/Llama-3.1-8B" and "me/x" in card.text
+    assert hub_id_or_none("./models/llama") is None and hub_id_or_none("/abs/path") is None
+    assert hub_id_or_none("a/b/c") is None and hub_id_or_none("Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"
+
+
+def test_a_recipe_may_nest_the_sections(tmp_path):
+    from hf_prune.config import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("target: search\nsearch: {rows: 3, mlp_levels: 4}\ncalibration: {source: builtin, samples: 8}\n"
+                      "recovery: {method: lora, rank: 4}\n")
+    config = hf_prune.PruningConfig.from_dict(load_recipe(recipe))
+    assert (config.search.rows, config.search.mlp_levels, config.calibration.samples) == (3, 4, 8)
+    assert config.calibration.source == "builtin" and config.recovery.rank == 4
+    with pytest.raises(hf_prune.HfPruneError, match="--steps applies to --target hyperflux only"):
+        hf_prune.PruningConfig.from_dict({"target": "emp", "steps": 10})
