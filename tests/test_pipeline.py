@@ -266,3 +266,21 @@ def test_a_recipe_may_nest_the_sections(tmp_path):
     assert config.calibration.source == "builtin" and config.recovery.rank == 4
     with pytest.raises(hf_prune.HfPruneError, match="--steps applies to --target hyperflux only"):
         hf_prune.PruningConfig.from_dict({"target": "emp", "steps": 10})
+
+
+def test_lora_recovery_is_seeded_and_leaves_the_callers_random_state_alone():
+    from hf_prune.config import RecoveryOptions
+    from hf_prune.recovery.lora import recover_with_lora
+    from hf_prune.testing import make_tiny_model
+
+    rows = torch.randint(0, 200, (12, 16), generator=torch.Generator().manual_seed(0))
+    options = RecoveryOptions(method="lora", steps=3, batch_size=4, samples=8, eval_rows=4)
+    weights = []
+    for noise in (1, 2):
+        model = make_tiny_model("llama")
+        torch.manual_seed(noise)  # whatever ran before recovery
+        state = torch.random.get_rng_state()
+        recover_with_lora(model, rows[:8], rows[8:], options, seed=7)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        weights.append(model.model.layers[0].mlp.down_proj.weight.clone())
+    assert torch.equal(*weights)

@@ -78,7 +78,11 @@ def recover_with_lora(
     before = held_out_perplexity(model, eval_ids, options.batch_size)
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha or 2 * options.rank, lora_dropout=0.0,
                       target_modules=options.target_module_names, task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing` (its issue)
+    # the adapters' random init comes from the seed, not from whatever ran before (lm-eval, calibration), and
+    # the caller's random state is left as it was
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        torch.manual_seed(seed)
+        # peft reads transformers' deprecated `is_gradient_checkpointing` (peft's to fix, not the user's)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
