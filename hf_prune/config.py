@@ -406,8 +406,24 @@ def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
     return cls(**{key: value for key, value in values.items() if key in known})
 
 
+def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """Nested sections (``{"search": {"rows": 3}}``) as flag names (``{"search_rows": 3}``), so a flag given on
+    the command line overrides one field of a recipe's section, not the whole section."""
+    flat = {key: value for key, value in values.items() if not (key in SECTIONS and isinstance(value, dict))}
+    for name, cls in SECTIONS.items():
+        section = values.get(name)
+        if isinstance(section, dict):
+            flags = {f.name: f.metadata["flag"] for f in fields(cls)}
+            unknown = sorted(set(section) - set(flags))
+            if unknown:
+                logger.warning("ignoring unknown %s keys: %s", name, ", ".join(unknown))
+            flat.update({flags[key]: value for key, value in section.items() if key in flags})
+    return flat
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """The options of a YAML recipe (keys are PruningConfig fields, plus ``model`` and ``output``)."""
+    """The options of a YAML recipe by flag name (``calibration_samples``; nested sections are flattened),
+    plus ``model`` and ``output``."""
     import yaml
 
     recipe = Path(path)
@@ -419,4 +435,4 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {first_line(error)}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {str(recipe)!r} must be a mapping of option names to values")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+    return flatten_sections({key.replace("-", "_"): value for key, value in values.items()})

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prune
-from hf_prune.cli import main
+from hf_prune.cli import build_prune_parser, main, resolve_config
 from hf_prune.data import DEFAULT_MODEL_DIR
 
 #: keeps the tests to seconds: a short LoRA run, a few documents / items per lm-eval task
@@ -264,6 +264,8 @@ def test_a_recipe_may_nest_the_sections(tmp_path):
     config = hf_prune.PruningConfig.from_dict(load_recipe(recipe))
     assert (config.search.rows, config.search.mlp_levels, config.calibration.samples) == (3, 4, 8)
     assert config.calibration.source == "builtin" and config.recovery.rank == 4
+    flags = build_prune_parser().parse_args(["--recipe", str(recipe), "--calibration", "other.jsonl"])
+    assert resolve_config(flags).calibration.samples == 8, "a flag overrides one field of a section, not all"
     with pytest.raises(hf_prune.HfPruneError, match="--steps applies to --target hyperflux only"):
         hf_prune.PruningConfig.from_dict({"target": "emp", "steps": 10})
 
