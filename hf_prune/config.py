@@ -225,12 +225,14 @@ def flat_options(values: dict[str, Any]) -> dict[str, Any]:
 
     target = TARGETS.get(values.get("target"))
     flat: dict[str, Any] = {}
-    for name, value in values.items():
-        if name in SECTIONS:
-            if _section_unused(name, value, target):
-                continue
-            flags = {f.name: f.metadata["flag"] for f in fields(SECTIONS[name])}
-            flat.update({flags[key]: item for key, item in value.items() if key in flags})
+    for f in fields(PruningConfig):  # in the order of the fields, whatever order the dictionary was saved in
+        name = f.name
+        if name not in values:
+            continue
+        value = values[name]
+        if name in SECTIONS and isinstance(value, dict):
+            if not _section_unused(name, value, target):
+                flat.update({g.metadata["flag"]: value[g.name] for g in fields(SECTIONS[name]) if g.name in value})
         elif target is None or target.name in TARGET_ONLY_OPTIONS.get(name, (target.name,)):
             flat[name] = value
     return flat

@@ -11,16 +11,17 @@ Written beside the checkpoint:
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
 
-from .config import flat_options
-from .targets import TARGETS
+from .config import RecoveryOptions, flat_options
 from .hyperflux.trajectory import write_trajectory
 from .pruner import PruningReport
+from .targets import TARGETS
 
 
 def _has_uniform(report: PruningReport) -> bool:
@@ -92,12 +93,16 @@ def print_summary(report: PruningReport, console: Console | None = None) -> None
         console.print(line)
 
 
+#: recovery has its own part of the card and of the summary, so its flags are not repeated among the options
+RECOVERY_FLAGS = tuple(f.metadata["flag"] for f in fields(RecoveryOptions))
+
+
 def run_options(report: PruningReport) -> dict[str, object]:
     """The options that shaped this run: set, and meaningful for its target (no Hyperflux settings on an
     EMP run; no importance for Hyperflux gates that started uniform, since no score was used)."""
     config = report.config
     options = {key: value for key, value in flat_options(config).items()
-               if value is not None and key not in ("state_dir", "resume", "restart", "recovery")
+               if value is not None and key not in ("state_dir", "resume", "restart", *RECOVERY_FLAGS)
                and not (key == "uniform_shapes" and not value)}
     if not report.scored:
         options.pop("importance", None)
