@@ -1,9 +1,12 @@
 """PruningConfig: every option of a pruning run in one validated, serialisable place.
 
 The field metadata's ``help`` text is what ``hf-prune --help`` prints, so the CLI and the Python API
-cannot drift apart. Recipes (``recipes/*.yaml``) are dictionaries of these fields; unknown keys from a
-newer recipe are dropped with a warning (as peft does), not an error, so old installs still read new
-recipes.
+cannot drift apart. Options that belong together form sections — ``calibration``, ``search``,
+``hyperflux``, ``recovery`` — each a small dataclass whose fields name their own flag
+(``CalibrationOptions.samples`` is ``--calibration-samples``) and validate themselves; a section that
+belongs to one target (search, Hyperflux) is refused as a whole with any other. Recipes
+(``recipes/*.yaml``) give flag names or nested sections; unknown keys from a newer recipe are dropped
+with a warning (as peft does), not an error, so old installs still read new recipes.
 
 The defaults are the recipe the project's measurements recommend (``eval/results/defaults.md``,
 ``python eval/bench_defaults.py``): activation (Wanda-sp) scores, which ranked groups well on every
