@@ -158,22 +158,34 @@ def as_pruned_model(model: PreTrainedModel, scopes: Iterable[PrunableScope], inf
     (same values, plus the per-module shapes and the pruning summary) everywhere it is referenced.
     """
     config_cls, model_cls = pruned_classes_for(model.config.model_type)
-    values = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", SHAPES_FIELD, REMOVED_FIELD,
-                "hf_prune"):
-        values.pop(key, None)
-    new_config = config_cls(**values)
-    # Runtime state that to_dict() leaves out (e.g. the attention implementation chosen at load time).
-    for key, value in vars(model.config).items():
-        if key.startswith("_") and key not in values:
-            setattr(new_config, key, value)
+    new_config = config_with_class(model.config, config_cls, hf_prune=info)
     setattr(new_config, SHAPES_FIELD, linear_shapes(model, scopes))
     setattr(new_config, REMOVED_FIELD, removed_sublayers(model) or None)
-    new_config.hf_prune = info
+    return relabel(model, new_config, model_cls)
+
+
+#: config keys that name a class or a pruned layout, not the model's hyper-parameters
+_CLASS_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", SHAPES_FIELD, REMOVED_FIELD, "hf_prune")
+
+
+def config_with_class(config: Any, config_cls: type, **values: Any) -> Any:
+    """The same hyper-parameters as ``config`` in a config of ``config_cls`` (``values`` override them),
+    with the runtime state that ``to_dict()`` leaves out (e.g. the attention implementation chosen at load)."""
+    hyper = {key: value for key, value in config.to_dict().items() if key not in _CLASS_KEYS}
+    hyper.update(values)
+    new_config = config_cls(**hyper)
+    for key, value in vars(config).items():
+        if key.startswith("_") and key not in hyper:
+            setattr(new_config, key, value)
+    return new_config
+
+
+def relabel(model: PreTrainedModel, config: Any, model_cls: type) -> PreTrainedModel:
+    """Give ``model`` a new config (everywhere the old one is referenced) and class, in place: no weight moves."""
     old_config = model.config
     for module in model.modules():
         if getattr(module, "config", None) is old_config:
-            module.config = new_config
+            module.config = config
     model.__class__ = model_cls
     return model
 

@@ -15,8 +15,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ..adapters import get_adapter
+from ..checkpoint import config_with_class, relabel
 from ..errors import ConfigError
-from ..modeling import REMOVED_FIELD, SHAPES_FIELD, pruned_classes_for
+from ..modeling import pruned_classes_for
 
 
 def _stock_classes(model: PreTrainedModel) -> tuple[type, type]:
@@ -29,14 +30,8 @@ def _stock_classes(model: PreTrainedModel) -> tuple[type, type]:
 def as_stock_model(model: PreTrainedModel) -> PreTrainedModel:
     """Relabel a pruned model with equal counts per layer as its family's stock class, in place."""
     config_cls, model_cls = _stock_classes(model)
-    values = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", SHAPES_FIELD, REMOVED_FIELD):
-        values.pop(key, None)
-    values.update(get_adapter(model).stock_config_values(model))
-    config = config_cls(**values)
-    for key, value in vars(model.config).items():  # runtime state to_dict() leaves out (attention implementation)
-        if key.startswith("_") and key not in values:
-            setattr(config, key, value)
+    config = config_with_class(model.config, config_cls, hf_prune=getattr(model.config, "hf_prune", None),
+                               **get_adapter(model).stock_config_values(model))
     with torch.device("meta"):
         skeleton = model_cls(config)
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
@@ -47,9 +42,4 @@ def as_stock_model(model: PreTrainedModel) -> PreTrainedModel:
         raise ConfigError(f"--uniform-shapes: a stock {config_cls.__name__} cannot hold this model ({name}: "
                           f"{actual.get(name, 'absent')} here, {expected.get(name, 'absent')} in the stock class; "
                           f"{len(differences)} difference(s)); drop --compensate or --uniform-shapes")
-    old = model.config
-    for module in model.modules():
-        if getattr(module, "config", None) is old:
-            module.config = config
-    model.__class__ = model_cls
-    return model
+    return relabel(model, config, model_cls)
