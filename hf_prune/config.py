@@ -22,6 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .corpus import TextSource
 from .errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class CalibrationOptions:
 
     def validate(self) -> None:
         _check_positive_int(self, "samples", "batch_size", *(("seq_len",) if self.seq_len is not None else ()))
+
+    def text_source(self) -> TextSource:
+        return TextSource(self.source, self.config, self.split, self.column)
 
 
 @dataclass

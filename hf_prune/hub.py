@@ -28,6 +28,7 @@ class HubError(HfPruneError):
 def push_folder(
     folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, revision: str | None = None,
     token: str | None = None, commit_message: str = "Upload pruned model (hf-prune)",
+    commit_description: str | None = None, create_pr: bool = False,
 ) -> str:
     """Create ``repo_id`` if needed (and the branch ``revision``), upload ``folder`` into it; returns the
     commit URL."""
@@ -41,7 +42,8 @@ def push_folder(
         if revision and revision != "main":
             api.create_branch(repo.repo_id, branch=revision, exist_ok=True, repo_type="model")
         commit = api.upload_folder(repo_id=repo.repo_id, folder_path=folder, revision=revision,
-                                   commit_message=commit_message, repo_type="model")
+                                   commit_message=commit_message, commit_description=commit_description,
+                                   create_pr=create_pr, repo_type="model")
     except (HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled, OSError,
             ValueError) as error:
         raise HubError(f"could not push to the Hub repo {repo_id!r} ({first_line(error)}); log in with "
@@ -70,7 +72,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 def push_pruned_model(
     model: Any, repo_id: str, *, tokenizer: Any = None, private: bool | None = None, revision: str | None = None,
-    token: str | None = None, commit_message: str | None = None, **ignored: Any,
+    token: str | None = None, commit_message: str | None = None, commit_description: str | None = None,
+    create_pr: bool = False, **unsupported: Any,
 ) -> str:
     """``model.push_to_hub`` of a pruned model: the same files as ``--push-to-hub`` (checkpoint, tokenizer,
     modeling file, model card, report, plot), the card rebuilt from ``config.hf_prune``.
@@ -84,8 +87,9 @@ def push_pruned_model(
     from .pruner import PruningReport
     from .report import write_run_artifacts
 
-    if ignored:
-        logger.info("push_to_hub: ignoring %s (hf-prune writes one safetensors checkpoint)", ", ".join(sorted(ignored)))
+    if unsupported:  # e.g. max_shard_size, tags: refused rather than silently ignored
+        raise TypeError(f"push_to_hub of a pruned model does not take {', '.join(sorted(unsupported))}; it takes "
+                        "repo_id, tokenizer, private, revision, token, commit_message, commit_description, create_pr")
     info = getattr(model.config, "hf_prune", None)
     if not info:
         raise HubError("this model has no hf-prune report in its config; prune it first (or push it with "
@@ -97,7 +101,8 @@ def push_pruned_model(
         folder = save_pruned(model, tokenizer, Path(scratch) / "model",
                              write_extras=lambda directory: write_run_artifacts(report, directory, repo_id))
         return push_folder(folder, repo_id, private=private, revision=revision, token=token,
-                           commit_message=commit_message or "Upload pruned model (hf-prune)")
+                           commit_message=commit_message or "Upload pruned model (hf-prune)",
+                           commit_description=commit_description, create_pr=create_pr)
 
 
 def _source_tokenizer(model: Any) -> Any:

@@ -124,10 +124,7 @@ def _recovery_rows(model, tokenizer, config: PruningConfig) -> _RecoveryText:
     if name is None:
         raise ConfigError("--recover lora needs text to train on: pass --recover-data (or --calibration) "
                           f"FILE.txt|FILE.jsonl|DATASET, or '{BUILTIN}'")
-    if options.data is None:
-        source = TextSource(name, calibration.config, calibration.split, calibration.column)
-    else:
-        source = TextSource(name)
+    source = calibration.text_source() if options.data is None else TextSource(name)
     rows = load_calibration(source, tokenizer, samples=options.samples + options.eval_rows,
                             seq_len=resolve_seq_len(model, calibration.seq_len), seed=config.seed)
     return _RecoveryText(rows[: options.samples], rows[options.samples:], name)

@@ -1,4 +1,7 @@
-"""The pruning pipeline, once: statistics, scores, allocation, choice, compensation, cut, relabel.
+"""Deciding and cutting: statistics, scores, allocation, choice, compensation, cut, relabel.
+
+The whole user path (load, recover, evaluate, save, push) is :mod:`hf_prune.pipeline`, which calls
+:func:`make_plan` and :func:`apply_pruning` from here.
 
 Every step is delegated (adapters, statistics, importance, allocation, compensation, surgery,
 checkpoint); this module only orders them and records what happened in a :class:`PruningReport`.
@@ -20,7 +23,6 @@ from .allocation import AllocationRequest, allocate_uniform
 from .calibration import load_calibration
 from .checkpoint import as_pruned_model
 from .compensation import compensate
-from .corpus import TextSource
 from .config import PruningConfig
 from .data import BUILTIN
 from .errors import BudgetError, ConfigError
@@ -140,8 +142,7 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: PruningConfig) -> 
             f" with --compensate {config.compensate}" if config.compensate != "none" else "")
         raise ConfigError(f"{what} needs calibration text: pass --calibration FILE.txt|FILE.jsonl|DATASET (text "
                           f"of your model's domain), or '{BUILTIN}' for the small English sample shipped with hf-prune")
-    source = TextSource(calibration.source, calibration.config, calibration.split, calibration.column)
-    return load_calibration(source, tokenizer, samples=calibration.samples + config.held_out_rows,
+    return load_calibration(calibration.text_source(), tokenizer, samples=calibration.samples + config.held_out_rows,
                             seq_len=resolve_seq_len(model, calibration.seq_len), seed=config.seed)
 
 
