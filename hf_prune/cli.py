@@ -67,33 +67,43 @@ def _help_text(metadata: typing.Mapping[str, str], default: object) -> str:
     return f"{metadata['help']} (default: {shown})".replace("%", "%%")
 
 
-def _config_options() -> list[tuple[str, typing.Any, type]]:
-    """(flat name, field, its type) of every PruningConfig option: top-level fields, then each section's
-    fields under their own flag names (``recovery.rank`` is ``--lora-rank``)."""
+def _config_options() -> list[tuple[str | None, str, typing.Any, type]]:
+    """(section or None, flat name, field, its type) of every PruningConfig option: top-level fields, then
+    each section's fields under their own flag names (``recovery.rank`` is ``--lora-rank``)."""
     options = []
-    for owner, prefix in ((PruningConfig, None), *((cls, name) for name, cls in SECTIONS.items())):
+    for owner, section in ((PruningConfig, None), *((cls, name) for name, cls in SECTIONS.items())):
         hints = typing.get_type_hints(owner)
         for f in fields(owner):
-            if prefix is None and f.name in SECTIONS:
+            if section is None and f.name in SECTIONS:
                 continue
-            options.append((f.metadata.get("flag", f.name), f, hints[f.name]))
+            options.append((section, f.metadata.get("flag", f.name), f, hints[f.name]))
     return options
+
+
+def _section_title(section: str) -> str:
+    """A --help heading per section, naming the targets a section belongs to."""
+    owners = [target.name for target in TARGETS.values() if target.section == section]
+    return f"{section} options" + (f" (--target {' / '.join(owners)})" if owners else "")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     choices = _choices()
-    for name, f, kind in _config_options():
+    groups: dict[str | None, typing.Any] = {None: parser}
+    for section, name, f, kind in _config_options():
+        if section not in groups:
+            groups[section] = parser.add_argument_group(_section_title(section))
+        group = groups[section]
         flag = "--" + name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         help_text = _help_text(f.metadata, default)
         if isinstance(kind, types.UnionType):
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, choices=choices.get(name), default=argparse.SUPPRESS,
-                                help=help_text)
+            group.add_argument(flag, dest=name, type=kind, choices=choices.get(name), default=argparse.SUPPRESS,
+                               help=help_text)
 
 
 def build_prune_parser() -> argparse.ArgumentParser:
