@@ -108,9 +108,9 @@ def _dense_measures(model, tokenizer, quality: QualityCheck | None, recovery: _R
         return _DenseMeasures(None, None)
     perplexity = None
     if recovery is not None:
-        from .recovery.lora import held_out_perplexity
+        from .quality.paired import paired_perplexity
 
-        perplexity = held_out_perplexity(model, recovery.held_out, config.recovery.batch_size)
+        perplexity = paired_perplexity(model, token_set=recovery.held_out, batch_size=config.recovery.batch_size)
     return _DenseMeasures(perplexity, _scores(model, tokenizer, quality) if quality else None)
 
 

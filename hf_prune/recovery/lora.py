@@ -10,7 +10,6 @@ recovery stage, with peft doing the adapter work.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import RecoveryOptions
 from ..offload import execution_device
+from ..quality.paired import paired_perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -43,26 +43,6 @@ class RecoveryResult:
         return dict(vars(self))
 
 
-@torch.no_grad()
-def held_out_perplexity(model: nn.Module, input_ids: torch.Tensor, batch_size: int) -> float:
-    """exp(mean next-token NLL) over ``input_ids`` rows: every row has the same length, so this is the
-    perplexity of all their tokens."""
-    device = execution_device(model)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for batch in input_ids.split(batch_size):
-            batch = batch.to(device)
-            loss = model(input_ids=batch, labels=batch).loss
-            tokens = batch.numel() - batch.shape[0]
-            total += float(loss) * tokens
-            count += tokens
-    finally:
-        model.train(was_training)
-    return math.exp(total / count)
-
-
 def recover_with_lora(
     model: nn.Module, train_ids: torch.Tensor, eval_ids: torch.Tensor, options: RecoveryOptions, *, seed: int = 0
 ) -> RecoveryResult:
@@ -75,7 +55,7 @@ def recover_with_lora(
     """
     from peft import LoraConfig, get_peft_model
 
-    before = held_out_perplexity(model, eval_ids, options.batch_size)
+    before = paired_perplexity(model, token_set=eval_ids, batch_size=options.batch_size)
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha or 2 * options.rank, lora_dropout=0.0,
                       target_modules=options.target_module_names, task_type="CAUSAL_LM")
     # the adapters' random init comes from the seed, not from whatever ran before (lm-eval, calibration), and
@@ -104,7 +84,7 @@ def recover_with_lora(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    with_adapter = held_out_perplexity(peft_model, eval_ids, options.batch_size)
+    with_adapter = paired_perplexity(peft_model, token_set=eval_ids, batch_size=options.batch_size)
     kept = with_adapter < before
     # keep the adapter only if it helped on the held-out rows of the recovery text (never judged on the
     # evaluation tasks, which may be a test split); merged, the saved model is a plain checkpoint
@@ -115,7 +95,7 @@ def recover_with_lora(
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # as from_pretrained leaves them; peft froze them for training
     seconds = time.perf_counter() - started
-    after = held_out_perplexity(model, eval_ids, options.batch_size)
+    after = paired_perplexity(model, token_set=eval_ids, batch_size=options.batch_size)
     if not kept:
         logger.warning("LoRA recovery did not lower the perplexity of the %d held-out rows (%.3f -> %.3f); the "
                        "adapter was discarded and the cut model is kept as it was", eval_ids.shape[0], before,
