@@ -124,6 +124,12 @@ class TaskScore:
     higher_is_better: bool
 
 
+def _metric_values(metrics: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """A task's numeric metrics by (name, filter), from lm-eval's ``"name,filter"`` keys (stderrs left out)."""
+    return {tuple(key.split(",", 1)): float(value) for key, value in metrics.items()
+            if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
+
+
 def headline_scores(results: dict[str, Any]) -> list[TaskScore]:
     """The headline metric of every task in lm-eval's results (groups are skipped: their tasks are listed)."""
     scores = []
@@ -131,8 +137,7 @@ def headline_scores(results: dict[str, Any]) -> list[TaskScore]:
         if task not in results.get("higher_is_better", {}):
             continue
         better = results["higher_is_better"][task]
-        values = {key.split(",")[0]: value for key, value in metrics.items()
-                  if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
+        values = {name: value for (name, _), value in _metric_values(metrics).items()}
         names = [name for name in better if name in values]
         if not names:
             continue
@@ -162,10 +167,8 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
             flat["next_sentence_acc_norm"] = float(metrics["acc_norm,none"])
             flat["next_sentence_items"] = float(len(results["samples"][task]))
         else:
-            for key, value in metrics.items():
-                if "," in key and "_stderr" not in key and isinstance(value, (int, float)):
-                    name, filtering = key.split(",", 1)
-                    flat[f"{task}/{name}" + ("" if filtering == "none" else f",{filtering}")] = float(value)
+            for (name, filtering), value in _metric_values(metrics).items():
+                flat[f"{task}/{name}" + ("" if filtering == "none" else f",{filtering}")] = value
     return flat
 
 
