@@ -76,17 +76,23 @@ SAMPLE_TEXT = (
 )
 
 
-def make_tiny_tokenizer(vocab_size: int = 200, text: str = SAMPLE_TEXT):
+def make_tiny_tokenizer(vocab_size: int = 200, text: str = SAMPLE_TEXT, byte_level: bool = False):
     """A word-piece BPE tokenizer trained on ``text``, whose ids fit the tiny models' vocabulary.
 
-    Built with the ``tokenizers`` library, offline, in well under a second.
+    ``byte_level`` gives a GPT-2 style byte-level BPE instead (the kind Llama 3 and Qwen use, and the one
+    llama.cpp's ``gpt2`` tokenizer reads): its 256 byte tokens come first, so ``vocab_size`` must exceed
+    258 and the model's vocabulary must be at least as large. Built with the ``tokenizers`` library,
+    offline, in well under a second.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<eos>"], show_progress=False)
+    tokenizer = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if byte_level else pre_tokenizers.Whitespace()
+    extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()} if byte_level else {}
+    if byte_level:
+        tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<eos>"], show_progress=False, **extra)
     tokenizer.train_from_iterator([text] * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>")
 

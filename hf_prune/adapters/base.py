@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .weights import DecoderWeights
+
 ScopeKind = Literal["attention", "mlp"]
 ROWS, COLUMNS = 0, 1
 
@@ -92,6 +94,11 @@ class ModelAdapter(ABC):
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits from the last decoder layer's output (final norm, then the LM head), so a
         search can run the model from any layer on cached inputs."""
+
+    @abstractmethod
+    def decoder_weights(self, model: nn.Module) -> DecoderWeights:
+        """The model's weights in family-neutral terms (see :mod:`.weights`), for writers of other formats;
+        a ConfigError where the model uses something those terms cannot describe (e.g. a dynamic rotary scaling)."""
 
     @abstractmethod
     def stock_config_values(self, model: nn.Module) -> dict[str, int]:

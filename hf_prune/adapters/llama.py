@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..modeling.modeling_hf_prune import RemovedSublayer
 from .base import COLUMNS, ROWS, LinearSlice, ModelAdapter, PrunableScope
+from .weights import AttentionWeights, DecoderWeights, LayerWeights, MLPWeights, RemovedWeights
 
 
 class LlamaLayoutAdapter(ModelAdapter):
@@ -37,6 +38,59 @@ class LlamaLayoutAdapter(ModelAdapter):
             if not isinstance(layer.mlp, RemovedSublayer):
                 scopes.append(self._mlp_scope(index, prefix, layer.mlp))
         return scopes
+
+    def decoder_weights(self, model: nn.Module) -> DecoderWeights:
+        config, decoder = model.config, model.model
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if config.hidden_act != "silu":
+            raise ConfigError(f"hidden_act {config.hidden_act!r}: only silu MLPs can be written in other formats")
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        return DecoderWeights(
+            embedding=decoder.embed_tokens.weight,
+            layers=[self._layer_weights(layer, head_dim) for layer in decoder.layers],
+            final_norm=decoder.norm.weight,
+            lm_head=None if model.lm_head.weight is decoder.embed_tokens.weight else model.lm_head.weight,
+            head_dim=head_dim,
+            queries_per_kv_head=config.num_attention_heads // config.num_key_value_heads,
+            rms_norm_eps=config.rms_norm_eps,
+            rope_theta=float(config.rope_parameters["rope_theta"]),
+            context_length=config.max_position_embeddings,
+            rope_factors=self._rope_factors(decoder.rotary_emb, config),
+            sliding_window=window if window and window < config.max_position_embeddings else None,
+        )
+
+    @staticmethod
+    def _layer_weights(layer: nn.Module, head_dim: int) -> LayerWeights:
+        attention, mlp = layer.self_attn, layer.mlp
+        if isinstance(attention, RemovedSublayer):
+            attention_weights = RemovedWeights(attention.bias)
+        else:
+            q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)  # Qwen3
+            attention_weights = AttentionWeights(
+                q=attention.q_proj, k=attention.k_proj, v=attention.v_proj, o=attention.o_proj,
+                num_heads=attention.q_proj.out_features // head_dim,
+                num_kv_heads=attention.k_proj.out_features // head_dim,
+                q_norm=None if q_norm is None else q_norm.weight, k_norm=None if k_norm is None else k_norm.weight)
+        mlp_weights = (RemovedWeights(mlp.bias) if isinstance(mlp, RemovedSublayer)
+                       else MLPWeights(gate=mlp.gate_proj, up=mlp.up_proj, down=mlp.down_proj))
+        return LayerWeights(attention_norm=layer.input_layernorm.weight, attention=attention_weights,
+                            mlp_norm=layer.post_attention_layernorm.weight, mlp=mlp_weights)
+
+    @staticmethod
+    def _rope_factors(rotary: nn.Module, config) -> torch.Tensor | None:
+        """Per-frequency divisors of the base rotary frequencies, or None for plain RoPE.
+
+        Scalings that are a fixed rescaling of each frequency (``llama3``, ``linear``) are exactly such
+        divisors; ones that change with the sequence length (``dynamic``) or scale the attention
+        (``yarn``, ``longrope``) are not, and are refused.
+        """
+        if rotary.rope_type == "default":
+            return None
+        base, _ = rotary.compute_default_rope_parameters(config)
+        if rotary.rope_type not in ("llama3", "linear") or rotary.attention_scaling != 1.0:
+            raise ConfigError(f"rope_type {rotary.rope_type!r} cannot be written as fixed RoPE frequency factors; "
+                              "supported: default, linear, llama3")
+        return (base / rotary.original_inv_freq.float().cpu()).contiguous()
 
     def stock_config_values(self, model: nn.Module) -> dict[str, int]:
         layers = self.decoder_layers(model)
