@@ -1,6 +1,7 @@
 """The ``hf-prune`` command: parse, build a PruningConfig, call the library. No logic of its own.
 
-``hf-prune [prune] [options]`` prunes a model; ``hf-prune eval [options]`` scores one on held-out text.
+``hf-prune [prune] [options]`` prunes a model; ``hf-prune eval [options]`` scores one on held-out text;
+``hf-prune export-gguf MODEL OUT.gguf`` writes one for llama.cpp (``export-NAME``: see :mod:`hf_prune.export`).
 Errors caused by the input print one line (``hf-prune: error: ...``) and exit with status 2; Ctrl-C
 ends with one line saying what was kept (exit status 130).
 
@@ -41,6 +42,8 @@ USAGE_EPILOG = """\
 verbs:
   hf-prune [prune] [options]   prune a model (the default verb; `prune` may be omitted)
   hf-prune eval [options]      score a model on held-out text through lm-eval (`hf-prune eval --help`)
+  hf-prune export-gguf MODEL OUT.gguf [--dtype f32|f16|q8_0|q4_1...]
+                               write a (pruned) checkpoint as GGUF for llama.cpp (`hf-prune export-gguf --help`)
 
 examples:
   hf-prune --sparsity 0.3 --output pruned/                 # the embedded default, shipped calibration text
@@ -109,7 +112,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def build_prune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-prune",
-        usage="hf-prune [prune] [options]  |  hf-prune eval [options]",
+        usage="hf-prune [prune] [options]  |  hf-prune eval [options]  |  hf-prune export-gguf MODEL OUT.gguf",
         description="Structurally prune a Llama / Mistral / Qwen2 / Qwen3 causal LM: remove whole KV groups "
                     "and MLP neurons, then write a checkpoint that reloads with "
                     "AutoModelForCausalLM.from_pretrained.",
@@ -221,12 +224,25 @@ def interrupted_message(argv: list[str], config: PruningConfig | None) -> str:
     return "interrupted; nothing was written"
 
 
+def _export(format_name: str, argv: list[str]) -> int:
+    """``hf-prune export-NAME ...``: the file format's own command."""
+    from .export import FILE_FORMATS
+
+    if format_name not in FILE_FORMATS:
+        print(f"hf-prune: error: unknown export format {format_name!r}; available: "
+              f"{', '.join('export-' + name for name in FILE_FORMATS)}", file=sys.stderr)
+        return 2
+    return FILE_FORMATS[format_name](argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["eval"]:
         from .eval_cli import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] and argv[0].startswith("export-"):
+        return _export(argv[0].removeprefix("export-"), argv[1:])
     parse_argv = argv[1:] if argv[:1] == ["prune"] else argv
     args = build_prune_parser().parse_args(parse_argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

