@@ -65,6 +65,22 @@ tokenizer = AutoTokenizer.from_pretrained("{where}", trust_remote_code=True)
 ```
 
 """
+SERVE_PRUNED = """## Serve
+
+llama.cpp (per-layer shapes kept; f32 reproduces the PyTorch logits, quantized types are smaller):
+
+```bash
+hf-prune export-gguf {where} model.gguf --dtype q8_0
+llama-cli -m model.gguf -p "Hello"        # or llama_cpp.Llama(model_path="model.gguf")
+```
+
+vLLM (with hf-prune installed beside it, its plugin registers the pruned architectures):
+
+```bash
+vllm serve {where}                         # or vllm.LLM("{where}")
+```
+
+"""
 LOAD_STOCK = """## Load
 
 A stock checkpoint of the base model's family (equal counts in every layer, saved with `--uniform-shapes`):
@@ -75,6 +91,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("{where}")
 tokenizer = AutoTokenizer.from_pretrained("{where}")
 ```
+
+Serving engines load it as the stock model it is (`vllm serve {where}`); for llama.cpp,
+`hf-prune export-gguf {where} model.gguf`.
 
 """
 
@@ -91,7 +110,7 @@ def model_card(report: PruningReport, repo_id: str | None = None) -> ModelCard:
     bullets = "\n".join(f"- {line}" for line in summary_lines(report))
     rows = "\n".join(f"| {row.layer} | {row.kv_groups_after}/{row.kv_groups_before} | "
                      f"{row.neurons_after}/{row.neurons_before} |" for row in report.layers)
-    load = (LOAD_STOCK if report.config.get("uniform_shapes") else LOAD_PRUNED).format(where=where)
+    load = (LOAD_STOCK if report.config.get("uniform_shapes") else LOAD_PRUNED + SERVE_PRUNED).format(where=where)
     sections = "\n".join(part for part in (_quality_section(report), _recovery_section(report)) if part)
     body = f"""
 # Structurally pruned {base}

@@ -141,9 +141,13 @@ def test_quantized_rows_that_are_not_whole_blocks_fall_back_to_f16(tokenizer_dir
     assert (types["blk.2.ffn_down.weight"] == gguf.GGMLQuantizationType.F16) == (ffn % 32 != 0)
     assert ("blk.2.ffn_down.weight" in summary.unquantized) == (ffn % 32 != 0)
     assert types["blk.2.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
-    weight = model.model.layers[2].self_attn.q_proj.weight
-    error = (stored_values(weight, "q8_0") - weight).abs().max().item()
+    weight = model.model.layers[2].self_attn.v_proj.weight  # v: rows not permuted
+    expected = stored_values(weight, "q8_0")
+    error = (expected - weight).abs().max().item()
     assert 0 < error < weight.abs().max().item() / 100
+    [written] = [tensor for tensor in reader.tensors if tensor.name == "blk.2.attn_v.weight"]
+    held = gguf.quants.dequantize(np.asarray(written.data), written.tensor_type).reshape(tuple(weight.shape))
+    np.testing.assert_array_equal(held, expected.numpy())  # what llama.cpp reads is what the tests compare with
 
 
 def test_dtype_names_of_the_command_are_the_writers(tmp_path):

@@ -196,6 +196,7 @@ def test_model_push_to_hub_sends_the_card_rebuilt_from_the_config(monkeypatch, t
     assert {"modeling_hf_prune.py", "README.md", "allocation.png", "model.safetensors"} <= set(upload["files"])
     assert "tokenizer.json" in upload["files"], "the tokenizer of the model's source is pushed with it"
     assert "## Kept per layer" in upload["card"] and 'from_pretrained("me/y")' in upload["card"]
+    assert "hf-prune export-gguf me/y model.gguf" in upload["card"] and "vllm serve me/y" in upload["card"]
     with pytest.raises(TypeError, match="does not take max_shard_size"):
         reloaded.push_to_hub("me/y", max_shard_size="1GB")  # refused, not silently ignored
 
