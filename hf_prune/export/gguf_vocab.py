@@ -54,17 +54,20 @@ def _is_byte_level(tokenizer_json: Path) -> bool:
 def detect_pre_tokenizer(tokenizer_dir: Path) -> str | None:
     """llama.cpp's name for this byte-level tokenizer's pre-tokenizer, or None when it is not one it knows.
 
-    A pre-tokenizer that is GPT-2's own (a lone ``ByteLevel`` with its built-in regex, as the embedded
-    default model has) is ``gpt-2`` whatever its vocabulary; others are recognised by their hash.
+    First by hash, as llama.cpp's converter does (SmolLM's tokenizer.json says plain ``ByteLevel`` but
+    llama.cpp handles it as ``smollm``, with its own digit split and spacing); then a pre-tokenizer that is
+    GPT-2's own (a lone ``ByteLevel`` with its built-in regex, as the embedded default model has) is ``gpt-2``.
     """
     from transformers import AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    digest = sha256(str(tokenizer.encode(PROBE_TEXT, verbose=False)).encode()).hexdigest()
+    if digest in KNOWN_PRE_TOKENIZERS:
+        return KNOWN_PRE_TOKENIZERS[digest]
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
     if spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
         return "gpt-2"
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    digest = sha256(str(tokenizer.encode(PROBE_TEXT, verbose=False)).encode()).hexdigest()
-    return KNOWN_PRE_TOKENIZERS.get(digest)
+    return None
 
 
 def add_vocabulary(writer: gguf.GGUFWriter, tokenizer_dir: Path, vocab_size: int, pre: str | None = None) -> str:
