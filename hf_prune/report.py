@@ -4,7 +4,8 @@ Written beside the checkpoint:
 - ``README.md``: the model card (:mod:`hf_prune.card`);
 - ``hf_prune_report.json``: config, per-layer counts, parameter counts, β, calibration tokens/time;
 - ``allocation.png``: kept fraction per layer (EMP vs uniform at the same budget, when both exist);
-- ``importance.safetensors``: the per-group scores of every pruned scope, for reuse and inspection;
+- ``scores/importance.safetensors``: the per-group scores of every pruned scope, for reuse and inspection
+  (not beside the weights: vLLM and llama.cpp's converter read every top-level ``*.safetensors`` as weights);
 - ``hyperflux_trajectory.{json,png}``: Hyperflux's density, target, pressure and open groups per tick.
 """
 
@@ -22,6 +23,8 @@ from .config import RecoveryOptions, flat_options
 from .hyperflux.trajectory import write_trajectory
 from .pruner import PruningReport
 from .targets import TARGETS
+
+SCORES_FILE = Path("scores") / "importance.safetensors"
 
 
 def _has_uniform(report: PruningReport) -> bool:
@@ -163,6 +166,6 @@ def write_run_artifacts(report: PruningReport, directory: Path, repo_id: str | N
     if report.trajectory and getattr(TARGETS.get(report.config["target"]), "learned", False):
         names, sizes = zip(*report.pruned_scopes)
         write_trajectory(report.trajectory, names, sizes, directory)
-    if report.scores:
-        save_file({name: score.contiguous() for name, score in report.scores.items()},
-                  str(directory / "importance.safetensors"))
+    if report.scores:  # in a subfolder: engines (vLLM) read every top-level *.safetensors as weights
+        (directory / SCORES_FILE).parent.mkdir(exist_ok=True)
+        save_file({name: score.contiguous() for name, score in report.scores.items()}, str(directory / SCORES_FILE))

@@ -41,7 +41,8 @@ def test_emp_prunes_every_family_to_the_budget(capsys, tmp_path, family, calibra
     removed = report["prunable_before"] - report["prunable_after"]
     assert 0 <= removed - 0.3 * report["prunable_before"] <= largest_group
     assert report["calibration_tokens"] == 4 * 32
-    assert {"allocation.png", "importance.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    assert {"allocation.png", "scores", "README.md"} <= {p.name for p in out.iterdir()}
+    assert (out / "scores" / "importance.safetensors").is_file() and not list(out.glob("importance*"))
     assert (out / "allocation.png").stat().st_size > 10_000
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"]

@@ -62,7 +62,7 @@ def test_gates_can_start_from_importance_scores(capsys, tmp_path):
     code, captured = run(capsys, *hyperflux_args(model_dir, calibration, **{"--gate-init": "scores",
                          "--importance": "activation"}), "--output", tmp_path / "out")
     assert code == 0, captured.err
-    assert (tmp_path / "out" / "importance.safetensors").exists()
+    assert (tmp_path / "out" / "scores" / "importance.safetensors").exists()
 
 
 def test_hyperflux_options_are_refused_with_other_targets(capsys, tmp_path):

@@ -57,7 +57,7 @@ def test_two_processes_equal_one(tmp_path, importance):
     assert "calibration: 256 tokens over 1 process(es)" in single.stdout
     assert "calibration: 256 tokens over 2 process(es)" in double.stdout  # each process saw half of the rows
 
-    one, two = load_file(tmp_path / "one" / "importance.safetensors"), load_file(tmp_path / "two" / "importance.safetensors")
+    one, two = load_file(tmp_path / "one" / "scores" / "importance.safetensors"), load_file(tmp_path / "two" / "scores" / "importance.safetensors")
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(one[name], two[name], rtol=1e-9, atol=1e-12)

@@ -134,11 +134,6 @@ def _check_sliding_windows(config) -> None:
 class PrunedForCausalLM(LlamaForCausalLM):
     """vLLM's Llama causal LM with :class:`PrunedDecoderLayer` layers; serves all four pruned families."""
 
-    # Only the model's own shards (model.safetensors, model-0000i-of-0000n.safetensors): vLLM otherwise
-    # reads every *.safetensors of a local directory without an index, and the hf-prune command writes
-    # its per-group scores beside the weights as importance.safetensors ("layers.0.attention", ...).
-    allow_patterns_overrides = ["model*.safetensors"]
-
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         _check_sliding_windows(vllm_config.model_config.hf_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=PrunedDecoderLayer)
