@@ -2,7 +2,7 @@
 
 Runs in the vLLM venv (eval/README.md, "Serving with vLLM"), offline, on CPU:
 
-    VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 /work/venvs/vllm/bin/python eval/vllm_check.py
+    VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 .venv-vllm/bin/python eval/vllm_check.py
 
 1. builds pruned checkpoints: a tiny random model of each family (Llama, Mistral with its sliding
    window, Qwen2, Qwen3) with different KV-group / neuron counts in every layer, layer 0's attention and
