@@ -3,7 +3,7 @@
 vLLM builds a model from the config before any weight is read, so the plugin must know each decoder
 layer's head count, KV-head count, MLP width and biases from ``config.json``. This module turns the
 pruned config (``pruned_linear_shapes``, ``pruned_removed_sublayers``) into one :class:`LayerSpec` per
-layer. It imports neither torch nor vLLM, so the main test suite checks it against real pruned models.
+layer. It does not import vLLM, so the main test suite checks it against real pruned models.
 
 What hf-prune guarantees and this module relies on: head_dim never changes, so a layer's query / KV
 head counts are ``q_proj.out_features // head_dim`` / ``k_proj.out_features // head_dim``; a module
@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SHAPES_FIELD = "pruned_linear_shapes"
-REMOVED_FIELD = "pruned_removed_sublayers"
+from ..modeling.modeling_hf_prune import REMOVED_FIELD, SHAPES_FIELD
+
 PREFIX = "hf_prune_"
 
 
