@@ -32,7 +32,7 @@ from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
 from hf_prune.checkpoint import load_model
 from hf_prune.data import DEFAULT_MODEL_DIR
-from hf_prune.export.gguf import stored_values, write_gguf
+from hf_prune.export.gguf import with_stored_weights, write_gguf
 from hf_prune.pruner import calibration_ids, collect_statistics, count_parameters
 
 SMOLLM2 = Path(__file__).resolve().parent / "models" / "smollm2-135m"
@@ -53,13 +53,7 @@ def heldout_prompt(tokenizer, length: int) -> list[int]:
 
 def exactness(model, path: str, dtype: str, ids: list[int]) -> dict:
     """llama.cpp's logits against PyTorch's on the same weights (the file's, dequantized)."""
-    reference = model
-    if dtype != "f32":
-        reference = copy.deepcopy(model)
-        with torch.no_grad():
-            for weight in reference.parameters():
-                if weight.ndim == 2:
-                    weight.copy_(stored_values(weight, dtype))
+    reference = model if dtype == "f32" else with_stored_weights(model, dtype)
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0].numpy()
     llm = Llama(model_path=path, n_ctx=len(ids), logits_all=True, verbose=False, n_threads=2,

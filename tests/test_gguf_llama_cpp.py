@@ -17,7 +17,7 @@ import torch
 from hf_prune.adapters import get_adapter
 from hf_prune.checkpoint import as_pruned_model, load_model
 from hf_prune.data import DEFAULT_MODEL_DIR
-from hf_prune.export.gguf import stored_values, write_gguf
+from hf_prune.export.gguf import with_stored_weights, write_gguf
 from hf_prune.surgery import apply_plan
 from hf_prune.testing import random_plan
 
@@ -145,7 +145,7 @@ def test_quantized_files_agree_with_the_dequantized_weights(dtype, min_agreement
     weights in its predictions, not to the last digit: argmax agreement and KL(PyTorch || llama.cpp)."""
     model, _ = default_pruned
     summary = write_gguf(model, tmp_path / "q.gguf", tokenizer_dir=DEFAULT_MODEL_DIR, dtype=dtype)
-    reference = pruned_copy_with_stored_weights(model, dtype)
+    reference = with_stored_weights(model, dtype)
     expected, actual = torch_logits(reference, heldout_ids), llama_cpp_logits(summary.path, heldout_ids)
     agreement = (expected.argmax(-1) == actual.argmax(-1)).mean()
     log_p, log_q = torch.log_softmax(torch.tensor(expected), -1), torch.log_softmax(torch.tensor(actual), -1)
@@ -153,13 +153,3 @@ def test_quantized_files_agree_with_the_dequantized_weights(dtype, min_agreement
     print(f"{dtype}: argmax agreement {agreement:.3f}, mean KL {kl:.5f}")
     assert agreement >= min_agreement and kl <= max_kl
 
-
-def pruned_copy_with_stored_weights(model, dtype: str):
-    import copy
-
-    reference = copy.deepcopy(model)
-    with torch.no_grad():
-        for weight in reference.parameters():  # each tensor once, a tied embedding included
-            if weight.ndim == 2:
-                weight.copy_(stored_values(weight, dtype))
-    return reference

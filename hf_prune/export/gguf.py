@@ -28,6 +28,7 @@ fill whole blocks (an MLP pruned to 344 neurons, as ``ffn_down``'s rows) is writ
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -283,6 +284,17 @@ def stored_values(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
     if written == Q.F32:
         return torch.from_numpy(data.copy())
     return torch.from_numpy(gguf.quants.dequantize(data, written).reshape(tuple(tensor.shape)).astype(np.float32))
+
+
+def with_stored_weights(model: nn.Module, dtype: str) -> nn.Module:
+    """A copy of ``model`` whose 2-D weights are replaced by the values a ``dtype`` file holds: the model
+    llama.cpp actually runs, to compare with it on the same weights."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for weight in reference.parameters():  # each tensor once, a tied embedding included
+            if weight.ndim == 2:
+                weight.copy_(stored_values(weight, dtype))
+    return reference
 
 
 def write_gguf(model: nn.Module, path: str | os.PathLike, *, tokenizer_dir: str | os.PathLike, dtype: str = "f32",
