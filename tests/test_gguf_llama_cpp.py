@@ -21,7 +21,7 @@ from hf_prune.export.gguf import with_stored_weights, write_gguf
 from hf_prune.surgery import apply_plan
 from hf_prune.testing import random_plan
 
-from .test_gguf import pruned_tiny
+from .test_gguf import pruned_tiny, tokenizer_dir  # noqa: F401  (a fixture)
 
 try:
     import llama_cpp
@@ -68,15 +68,6 @@ def torch_greedy(model, ids: list[int], new_tokens: int = 20) -> list[int]:
         out = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                              do_sample=False, eos_token_id=None, pad_token_id=0)
     return out[0, len(ids):].tolist()
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from hf_prune.testing import make_tiny_tokenizer
-
-    directory = tmp_path_factory.mktemp("tokenizer")
-    make_tiny_tokenizer(vocab_size=300, byte_level=True).save_pretrained(directory)
-    return directory
 
 
 def assert_same_model(model, path, ids=PROMPT):
