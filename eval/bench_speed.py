@@ -89,7 +89,7 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def time_once(model, prompt: torch.Tensor, new_tokens: int, device: str) -> dict:
+def time_once(model, prompt: torch.Tensor, new_tokens: int, device: str, cache: str = "dynamic") -> dict:
     """Prefill = ``generate`` of one token (the prompt's forward pass with the KV cache); decode = the
     further ``new_tokens - 1`` tokens of a second ``generate``, its prefill subtracted."""
 
@@ -97,7 +97,7 @@ def time_once(model, prompt: torch.Tensor, new_tokens: int, device: str) -> dict
         sync(device)
         start = time.perf_counter()
         model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0,
-                       eos_token_id=None)
+                       eos_token_id=None, cache_implementation=cache)
         sync(device)
         return time.perf_counter() - start
 
@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
+                        help="generate's KV cache; 'static' lets transformers compile the decode step (CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--name", default=None)
@@ -164,12 +166,12 @@ def main() -> None:
         for batch in args.batch_sizes:
             prompt = torch.randint(0, dense.config.vocab_size, (batch, args.prompt_len), generator=generator)
             prompt = prompt.to(args.device)
-            for model in models.values():  # warm-up: first-call allocations and kernel selection
-                time_once(model, prompt[:, :16], 3, args.device)
+            for model in models.values():  # warm-up with the timed shapes: allocations, kernel choice, compilation
+                time_once(model, prompt, args.new_tokens, args.device, args.cache)
             rounds: dict[str, list[dict]] = {label: [] for label in models}
             for _ in range(args.rounds):
                 for label, model in models.items():
-                    rounds[label].append(time_once(model, prompt, args.new_tokens, args.device))
+                    rounds[label].append(time_once(model, prompt, args.new_tokens, args.device, args.cache))
             for label, model in models.items():
                 row = {"model": model_name, "variant": label, "batch": batch, "parameters": count_parameters(model),
                        "weights_mib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
@@ -209,7 +211,7 @@ def main() -> None:
 def render(results: list[dict], meta: dict) -> str:
     lines = [f"Command: `{meta['command']}` — {meta['minutes']:.1f} min on {meta['device_name']} ({meta['device']}, "
              f"{meta['dtype']}, torch {meta['torch']}). Prompt {meta['prompt_len']} random tokens, "
-             f"{meta['new_tokens']} greedy new tokens (KV cache); median of {meta['rounds']} interleaved rounds "
+             f"{meta['new_tokens']} greedy new tokens ({meta['cache']} KV cache); median of {meta['rounds']} interleaved rounds "
              "(spread = (max − min) / median). Limit = dense FLOPs per token / pruned FLOPs per token.", "",
              "| model | batch | variant | parameters | weights MiB | peak MiB | prefill tok/s | decode tok/s | "
              "prefill speed-up | decode speed-up | limit | decode speed-up / limit | spread (decode) |",
