@@ -72,6 +72,7 @@ def torch_greedy(model, ids: list[int], new_tokens: int = 20) -> list[int]:
 
 def assert_same_model(model, path, ids=PROMPT):
     difference = np.abs(llama_cpp_logits(path, ids) - torch_logits(model, ids)).max()
+    print(f"{model.config.model_type}: max |logit difference| llama.cpp vs PyTorch {difference:.1e}")  # shown by -s
     assert difference <= F32_TOLERANCE, difference
     assert llama_cpp_greedy(path, ids[:8]) == torch_greedy(model, ids[:8])
 
