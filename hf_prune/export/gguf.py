@@ -94,6 +94,20 @@ def _rotate_pairs(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+def _zero_kv_group(weights: DecoderWeights, like: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor,
+                                                                        torch.Tensor, torch.Tensor]:
+    """(query heads, q, k, v, o) of one KV group whose weights are all zero: its output is exactly zero (zero
+    values, zero output projection), so it stands in for a removed attention where a graph needs heads."""
+    heads, hidden, head_dim = weights.queries_per_kv_head, weights.hidden_size, weights.head_dim
+    return (heads, _zeros(heads * head_dim, hidden, like), _zeros(head_dim, hidden, like),
+            _zeros(head_dim, hidden, like), _zeros(hidden, heads * head_dim, like))
+
+
+def _zero_neuron(hidden: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gate, up, down) of one MLP neuron with zero weights (silu(0) * 0 = 0): a removed MLP where a graph needs one."""
+    return _zeros(1, hidden, like), _zeros(1, hidden, like), _zeros(hidden, 1, like)
+
+
 def _linear(name: str, linear: nn.Linear, rows=lambda t: t) -> Tensors:
     tensors = [(f"{name}.weight", rows(linear.weight))]
     if linear.bias is not None:
@@ -110,7 +124,7 @@ class _DeciBlocks:
         self.weights = weights
 
     def layer(self, index: int, layer: LayerWeights) -> tuple[LayerShape, Tensors]:
-        blk, hidden, head_dim = f"blk.{index}", self.weights.hidden_size, self.weights.head_dim
+        blk, hidden = f"blk.{index}", self.weights.hidden_size
         attention, tensors = layer.attention, []
         if isinstance(attention, AttentionWeights):
             heads, kv_heads = attention.num_heads, attention.num_kv_heads
@@ -119,12 +133,10 @@ class _DeciBlocks:
                         *_linear(f"{blk}.attn_k", attention.k, lambda t: _rotate_pairs(t, kv_heads)),
                         *_linear(f"{blk}.attn_v", attention.v), *_linear(f"{blk}.attn_output", attention.o)]
         elif attention.bias is not None:  # one zero KV group, so that the bias is added
-            heads, kv_heads = self.weights.queries_per_kv_head, 1
-            like = layer.attention_norm
-            tensors += [(f"{blk}.attn_norm.weight", like), (f"{blk}.attn_q.weight", _zeros(heads * head_dim, hidden, like)),
-                        (f"{blk}.attn_k.weight", _zeros(head_dim, hidden, like)),
-                        (f"{blk}.attn_v.weight", _zeros(head_dim, hidden, like)),
-                        (f"{blk}.attn_output.weight", _zeros(hidden, heads * head_dim, like)),
+            heads, q, k, v, o = _zero_kv_group(self.weights, layer.attention_norm)
+            kv_heads = 1
+            tensors += [(f"{blk}.attn_norm.weight", layer.attention_norm), (f"{blk}.attn_q.weight", q),
+                        (f"{blk}.attn_k.weight", k), (f"{blk}.attn_v.weight", v), (f"{blk}.attn_output.weight", o),
                         (f"{blk}.attn_output.bias", attention.bias)]
         else:
             heads = kv_heads = 0
@@ -136,10 +148,9 @@ class _DeciBlocks:
         elif heads == 0 and mlp.bias is None:
             ffn = 0  # the whole layer adds nothing; deci skips it
         else:  # one zero neuron: deci drops the attention output of a layer with no MLP
-            ffn, like = 1, layer.mlp_norm
-            tensors += [(f"{blk}.ffn_norm.weight", like), (f"{blk}.ffn_gate.weight", _zeros(1, hidden, like)),
-                        (f"{blk}.ffn_up.weight", _zeros(1, hidden, like)),
-                        (f"{blk}.ffn_down.weight", _zeros(hidden, 1, like))]
+            ffn, (gate, up, down) = 1, _zero_neuron(hidden, layer.mlp_norm)
+            tensors += [(f"{blk}.ffn_norm.weight", layer.mlp_norm), (f"{blk}.ffn_gate.weight", gate),
+                        (f"{blk}.ffn_up.weight", up), (f"{blk}.ffn_down.weight", down)]
             if mlp.bias is not None:
                 tensors.append((f"{blk}.ffn_down.bias", mlp.bias))
         return LayerShape(heads, kv_heads, ffn), tensors
@@ -171,21 +182,20 @@ class _OpenElmBlocks:
         self.weights = weights
 
     def layer(self, index: int, layer: LayerWeights) -> tuple[LayerShape, Tensors]:
-        blk, hidden, head_dim = f"blk.{index}", self.weights.hidden_size, self.weights.head_dim
-        attention, like = layer.attention, layer.attention_norm
+        blk, attention, like = f"blk.{index}", layer.attention, layer.attention_norm
         if isinstance(attention, AttentionWeights):
             heads, kv_heads = attention.num_heads, attention.num_kv_heads
             qkv = torch.cat([attention.q.weight, attention.k.weight, attention.v.weight])
             output, q_norm, k_norm = attention.o.weight, attention.q_norm, attention.k_norm
         else:  # openelm has no attention-free layer: one zero KV group adds exactly nothing
-            heads, kv_heads = self.weights.queries_per_kv_head, 1
-            qkv = _zeros((heads + 2) * head_dim, hidden, like)
-            output, q_norm, k_norm = _zeros(hidden, heads * head_dim, like), torch.ones(head_dim), torch.ones(head_dim)
+            heads, q, k, v, output = _zero_kv_group(self.weights, like)
+            kv_heads, qkv = 1, torch.cat([q, k, v])
+            q_norm = k_norm = torch.ones(self.weights.head_dim)
         mlp = layer.mlp
         if isinstance(mlp, MLPWeights):
             ffn, gate, up, down = mlp.down.in_features, mlp.gate.weight, mlp.up.weight, mlp.down.weight
         else:  # one zero neuron adds nothing
-            ffn, gate, up, down = 1, _zeros(1, hidden, like), _zeros(1, hidden, like), _zeros(hidden, 1, like)
+            ffn, (gate, up, down) = 1, _zero_neuron(self.weights.hidden_size, like)
         return LayerShape(heads, kv_heads, ffn), [
             (f"{blk}.attn_norm.weight", layer.attention_norm), (f"{blk}.attn_qkv.weight", qkv),
             (f"{blk}.attn_q_norm.weight", q_norm), (f"{blk}.attn_k_norm.weight", k_norm),
