@@ -13,7 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +126,17 @@ def load_model(
             bnb_4bit_quant_type="nf4")
         device_map = device_map or "auto"
     model = load_pretrained_model(name_or_path, dtype=resolve_dtype(dtype), device_map=device_map, **extra)
+    model.eval()
+    return model, load_tokenizer(name_or_path)
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The checkpoint's tokenizer, or None (with a warning) when it ships none."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, TypeError):
         logger.warning("no tokenizer found at %s; the pruned checkpoint will have none", name_or_path)
-        tokenizer = None
-    model.eval()
-    return model, tokenizer
+        return None
 
 
 def linear_shapes(model: nn.Module, scopes: Iterable[PrunableScope]) -> dict[str, list[int]]:
@@ -208,29 +213,17 @@ def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
     return output
 
 
-def save_pruned(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    output_dir: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    write_extras: Callable[[Path], None] | None = None,
-) -> Path:
-    """Write the checkpoint atomically: into a temporary sibling directory, then rename it into place.
-
-    ``write_extras(directory)`` may add files (model card, report, plots) before the rename.
-    """
+@contextmanager
+def staged_output(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary directory beside ``output_dir`` to write into; renamed into place when the block ends
+    without an error, deleted when it raises. Nothing half-written is ever left at ``output_dir``."""
     output = prepare_output_dir(output_dir, overwrite)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        if write_extras is not None:
-            write_extras(staging)
+        yield staging
         if output.exists():
             trash = output.with_name(f".{output.name}.old")
             shutil.rmtree(trash, ignore_errors=True)
@@ -242,4 +235,29 @@ def save_pruned(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return output
+
+
+def save_pruned(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    write_extras: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the checkpoint atomically (:func:`staged_output`).
+
+    ``write_extras(directory)`` may add files (model card, report, plots) before the rename.
+    """
+    with staged_output(output_dir, overwrite) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        write_checkpoint_extras(staging, tokenizer, write_extras)
+    return Path(output_dir).expanduser().resolve()
+
+
+def write_checkpoint_extras(directory: Path, tokenizer: Any, write_extras: Callable[[Path], None] | None) -> None:
+    """What a checkpoint holds beside the model's own files: the tokenizer, then card, report and plots."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    if write_extras is not None:
+        write_extras(directory)
