@@ -7,6 +7,9 @@ search's sweep) call one layer many times in a row, so they keep it loaded for t
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -43,6 +46,8 @@ def resident(modules: Sequence[nn.Module]) -> Iterator[None]:
     """
     offloaded = [module for root in modules for module in root.modules() if has_offloaded_params(module)]
     with ExitStack() as stack:
+        if offloaded:
+            stack.callback(return_freed_memory)  # runs last, once the weights are dropped
         for module in offloaded:
             hook = module._hf_hook
             hook.pre_forward(module)
@@ -54,3 +59,25 @@ def resident(modules: Sequence[nn.Module]) -> Iterator[None]:
 def _drop_weights(module: nn.Module, hook) -> None:
     hook.offload = True
     hook.post_forward(module, None)
+
+
+def return_freed_memory() -> None:
+    """Hand the memory of dropped weights back to the operating system.
+
+    glibc serves allocations below its mmap threshold (which it raises up to 32 MB as large blocks are
+    freed) from its heap, and keeps freed heap memory for reuse: loading and dropping one layer after
+    another then leaves a process holding several layers' worth of freed tensors (measured: a 0.8 GB
+    model pruned layer by layer peaked at 0.25 GB or 0.5 GB above its start, depending on the run).
+    ``malloc_trim`` releases it. A no-op where the C library has no ``malloc_trim``.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
