@@ -136,6 +136,11 @@ def build_prune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device-map", default=None,
                         help="passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs and CPU "
                              "(default: everything on one device; one device per process under accelerate)")
+    parser.add_argument("--layerwise", action="store_true",
+                        help="prune a model larger than this machine's memory: weights are read from the "
+                             "checkpoint's safetensors shards one decoder layer at a time and freed after, "
+                             "calibration runs layer by layer, and the pruned checkpoint is written shard by shard "
+                             "(not with --target hyperflux, --importance taylor, --eval-tasks or --recover)")
     quantized = parser.add_mutually_exclusive_group()
     quantized.add_argument("--load-in-4bit", action="store_true",
                            help="Hyperflux: hold the frozen base in 4-bit (bitsandbytes NF4) while gates train; the "
@@ -207,7 +212,7 @@ def run_prune(args: argparse.Namespace, config: PruningConfig) -> int:
     quantize_bits = 4 if args.load_in_4bit else 8 if args.load_in_8bit else None
     _, report = prune_pretrained(args.model, config, dtype=args.dtype, device_map=args.device_map,
                                  quantize_bits=quantize_bits, quality=quality, output_dir=args.output,
-                                 overwrite=args.overwrite, push_to_hub=hub)
+                                 overwrite=args.overwrite, push_to_hub=hub, layerwise=args.layerwise)
     return QUALITY_GATE_FAILED if report.quality.get("passed") is False else 0
 
 

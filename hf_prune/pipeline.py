@@ -157,7 +157,8 @@ def prune_pretrained(
     input_ids: torch.Tensor | None = None,
     statistics: CalibrationStatistics | None = None,
     console: Console | None = None,
-) -> tuple[PreTrainedModel, PruningReport]:
+    layerwise: bool = False,
+) -> tuple[PreTrainedModel | None, PruningReport]:
     """Prune a model end to end; returns the pruned model (in memory) and the report of what was done.
 
     ``model`` is a Hub id, a local directory, a loaded model (then pass its ``tokenizer``), or None for the
@@ -172,6 +173,11 @@ def prune_pretrained(
 
     On a CPU with ``dtype="auto"`` the work is done in float32 and a written checkpoint is stored in the
     base checkpoint's dtype, so pruning never makes the files larger.
+
+    ``layerwise=True`` prunes a model that never is whole in memory (:mod:`hf_prune.layerwise`): weights are
+    read from the checkpoint's shards one layer at a time, calibration runs layer by layer, and the pruned
+    checkpoint is written shard by shard into ``output_dir``. The pruned model is then not in memory either:
+    the first item returned is None (load it from ``output_dir``).
     """
     config = config if config is not None else PruningConfig()
     hub = HubTarget(push_to_hub) if isinstance(push_to_hub, str) else push_to_hub
@@ -184,7 +190,13 @@ def prune_pretrained(
     if embedded and config.calibration.source is None and (needs_calibration(config) or config.recovery.method != "none"):
         config.calibration.source = BUILTIN  # the embedded default calibrates on the text shipped with it
     base_name = base_model_name or (DEFAULT_MODEL_NAME if embedded else model_id or model.name_or_path)
+    if layerwise:
+        _check_layerwise(config, loaded, quantize_bits, device_map, quality, output_dir, hub, state.num_processes)
     _check_before_loading(config, loaded, quantize_bits, output_dir, overwrite)
+    if layerwise:
+        report = _prune_layerwise(model_id, config, dtype, input_ids, statistics, output_dir, overwrite, hub,
+                                  base_name, console)
+        return None, report
 
     started = time.perf_counter()
     source_dtype = None
@@ -259,6 +271,87 @@ def _check_before_loading(config: PruningConfig, loaded: bool, quantize_bits: in
         from .hyperflux.trainer import check_saved_state
 
         check_saved_state(config.hyperflux.state_dir, resume=config.hyperflux.resume, restart=config.hyperflux.restart)
+
+
+def _check_layerwise(config: PruningConfig, loaded: bool, quantize_bits: int | None, device_map: Any,
+                     quality: QualityCheck | None, output_dir: Any, hub: HubTarget | None, processes: int) -> None:
+    """What --layerwise cannot do, refused in one line before anything is read."""
+    from .importance import GRADIENTS, get_importance
+
+    refusal = None
+    if loaded:
+        refusal = "layerwise pruning reads the weights from the checkpoint's shards: pass a model id or directory"
+    elif quantize_bits is not None or config.learned:
+        refusal = "--target hyperflux trains gates through the whole model: drop --layerwise (or use --device-map)"
+    elif GRADIENTS in get_importance(config.importance).requires:
+        refusal = (f"--importance {config.importance} needs a backward pass through the whole model; use activation, "
+                   "fluctuation or magnitude with --layerwise")
+    elif device_map is not None:
+        refusal = "--layerwise places the weights itself (read from disk one layer at a time): drop --device-map"
+    elif quality is not None or config.recovery.method != "none":
+        refusal = ("--layerwise never holds the pruned model in memory, so it cannot score or recover it: drop "
+                   "--eval-tasks/--min-retention/--recover, then run `hf-prune eval` on the output")
+    elif config.uniform_shapes:
+        refusal = "--uniform-shapes is not available with --layerwise; drop one of the two"
+    elif output_dir is None:
+        refusal = "--layerwise writes the pruned model as it cuts it: pass an output directory (--output)"
+    elif processes > 1:
+        refusal = "--layerwise runs in one process: start it without accelerate launch"
+    if refusal:
+        raise ConfigError(refusal)
+
+
+def _prune_layerwise(model_id: str, config: PruningConfig, dtype: str, input_ids: torch.Tensor | None,
+                     statistics: CalibrationStatistics | None, output_dir: Any, overwrite: bool,
+                     hub: HubTarget | None, base_name: str, console: Console) -> PruningReport:
+    """Load offloaded, plan layer by layer, cut and write shard by shard; then card, report and push."""
+    from .adapters import get_adapter
+    from .checkpoint import load_tokenizer, staged_output, write_checkpoint_extras
+    from .layerwise import LayerByLayer, ShardWriter, dense_layer_bytes, finish_meta_model, load_offloaded
+    from .report import write_run_artifacts
+
+    started = time.perf_counter()
+    compute_dtype, stored_dtype = layerwise_dtypes(dtype, getattr(load_config(model_id), "dtype", None))
+    console.print(f"loading {model_id} layer by layer (its weights stay in the safetensors shards until used)")
+    model, stored = load_offloaded(model_id, compute_dtype)
+    tokenizer = load_tokenizer(model_id)
+    config.calibration.sequential = True
+    if input_ids is None:
+        input_ids = calibration_ids(model, tokenizer, config)
+    plan = make_plan(model, config, input_ids, statistics)
+    layers = get_adapter(model).decoder_layers(model)
+    with staged_output(output_dir, overwrite) as staging:
+        writer = ShardWriter(staging / ".shards", max_shard_bytes=dense_layer_bytes(layers, stored_dtype))
+        report = apply_pruning(model, config, plan, layer_by_layer=LayerByLayer(model, stored, writer, stored_dtype))
+        report.base_model = base_name
+        finish_meta_model(model, stored_dtype, report.to_info())
+        model.save_pretrained(staging, state_dict={})  # config, generation config, modeling file: no weights
+        writer.close(staging)
+        write_checkpoint_extras(staging, tokenizer, lambda directory: write_run_artifacts(
+            report, directory, hub.repo_id if hub is not None else None))
+    written = Path(output_dir).expanduser().resolve()
+    _print_results(report, console)
+    console.print(f"wrote {written} layer by layer in {time.perf_counter() - started:.1f}s; reload with "
+                  f"AutoModelForCausalLM.from_pretrained({str(written)!r}) after `import hf_prune`, or with "
+                  "trust_remote_code=True without it")
+    if hub is not None:
+        from .hub import push_folder
+
+        url = push_folder(written, hub.repo_id, private=hub.private, revision=hub.revision, token=hub.token)
+        console.print(f"pushed to {hub.repo_id}: {url}")
+    return report
+
+
+def layerwise_dtypes(dtype: str, checkpoint_dtype: Any) -> tuple[torch.dtype, torch.dtype]:
+    """(compute, stored) dtypes of a layer-wise run, as the in-memory path chooses them: 'auto' computes in
+    float32 on a CPU and in the checkpoint's dtype on a GPU, and stores the checkpoint's dtype."""
+    from .checkpoint import DTYPES
+
+    source = checkpoint_dtype if isinstance(checkpoint_dtype, torch.dtype) else DTYPES.get(str(checkpoint_dtype),
+                                                                                            torch.float32)
+    if dtype != "auto":
+        return DTYPES[dtype], DTYPES[dtype]
+    return (source if torch.cuda.is_available() else torch.float32), source
 
 
 def _recover(model, tokenizer, config: PruningConfig, quality: QualityCheck | None, recovery: _RecoveryText | None,

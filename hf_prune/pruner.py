@@ -27,6 +27,7 @@ from .config import PruningConfig
 from .data import BUILTIN
 from .errors import BudgetError, ConfigError
 from .importance import CHANNELS, GRADIENTS, get_importance
+from .layerwise import LayerByLayer
 from .statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
 from .surgery import apply_plan
 from .targets import get_target
@@ -271,16 +272,25 @@ def make_plan(
 
 
 @torch.no_grad()
-def apply_pruning(model: nn.Module, config: PruningConfig, plan: PruningPlan) -> PruningReport:
-    """Compensate (if asked), cut, and relabel ``model`` as its family's pruned class, in place."""
+def apply_pruning(model: nn.Module, config: PruningConfig, plan: PruningPlan,
+                  layer_by_layer: LayerByLayer | None = None) -> PruningReport:
+    """Compensate (if asked), cut, and relabel ``model`` as its family's pruned class, in place.
+
+    ``layer_by_layer`` (``--layerwise``): the model's weights are offloaded; each decoder layer is loaded, cut
+    and written out in turn, and the model is left with the pruned shapes on ``meta``.
+    """
     adapter = get_adapter(model)
     scopes_before = adapter.scopes(model)
     params_before = count_parameters(model)
     prunable_before = prunable_parameters(model, scopes_before)
-    if config.compensate != "none":
-        compensate(model, [s for s in scopes_before if s.name in plan.kept], plan.kept, plan.statistics,
-                   method=config.compensate)
-    apply_plan(model, scopes_before, plan.kept, allow_empty=True)  # the plan's target chose any empty scope
+    if layer_by_layer is None:
+        _cut(model, config, plan, scopes_before)
+    else:
+        layers = adapter.decoder_layers(model)
+        for index, layer in enumerate(tqdm(layers, desc="cutting layer by layer", unit="layer")):
+            with layer_by_layer.layer(layer):
+                _cut(model, config, plan, [scope for scope in scopes_before if scope.layer == index])
+        layer_by_layer.write_outside(layers)
 
     scopes_after = adapter.scopes(model)
     stats = plan.statistics
@@ -307,6 +317,14 @@ def apply_pruning(model: nn.Module, config: PruningConfig, plan: PruningPlan) ->
     logger.info("pruned %s -> %s parameters (%.2f%% of prunable removed)",
                 f"{params_before:,}", f"{report.params_after:,}", 100 * report.achieved_sparsity)
     return report
+
+
+def _cut(model: nn.Module, config: PruningConfig, plan: PruningPlan, scopes: list[PrunableScope]) -> None:
+    """Compensate and cut ``scopes`` (all of them, or one layer's) as the plan says."""
+    if config.compensate != "none":
+        compensate(model, [s for s in scopes if s.name in plan.kept], plan.kept, plan.statistics,
+                   method=config.compensate)
+    apply_plan(model, scopes, plan.kept, allow_empty=True)  # the plan's target chose any empty scope
 
 
 def prune(
