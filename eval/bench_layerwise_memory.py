@@ -1,0 +1,142 @@
+"""Peak memory of pruning a ~1B model in memory and with ``--layerwise``, in fresh processes.
+
+Saves a random Llama-3.2-1B-shaped checkpoint (bf16, in 500 MB shards; random weights: memory needs no trained
+ones), then runs the same ``hf-prune`` command (EMP 30%, activation importance, builtin calibration) once in
+memory and once with ``--layerwise``, each in its own interpreter, and reads the process's peak resident memory
+(``VmHWM``) above its resident memory once every library is imported. Both outputs are compared tensor by tensor.
+
+    HF_HUB_OFFLINE=1 python eval/bench_layerwise_memory.py                # ~1.24B parameters, ~6 min on 2 CPU cores
+
+Writes ``eval/results/layerwise_memory.{md,json}`` (``--name``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+EVAL_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(EVAL_DIR.parent))
+
+#: Llama-3.2-1B's shapes (tied embeddings, 128k vocabulary)
+LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
+                    max_position_embeddings=131072, rope_theta=500000.0)
+
+#: runs in a fresh interpreter: the baseline is taken once everything a run imports is imported
+PROBE = """
+import json, sys, time
+import datasets, torch, transformers  # noqa: F401
+from hf_prune.cli import main
+
+def status_mb(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) / 1024
+
+baseline = status_mb("VmRSS")
+start = time.perf_counter()
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "baseline_mb": baseline, "peak_mb": status_mb("VmHWM"),
+                  "seconds": time.perf_counter() - start}))
+"""
+
+
+def make_checkpoint(directory: Path, layers: int | None) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_prune.testing import make_tiny_tokenizer
+
+    config = LlamaConfig(**{**LLAMA_3_2_1B, **({"num_hidden_layers": layers} if layers else {})})
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(directory, max_shard_size="500MB")
+    make_tiny_tokenizer(vocab_size=2000).save_pretrained(directory)
+
+
+def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int) -> dict:
+    argv = ["--model", str(source), "--output", str(output), "--target", "emp", "--sparsity", "0.3",
+            "--calibration", "builtin", "--calibration-samples", str(samples), "--seq-len", str(seq_len)]
+    argv += ["--layerwise"] if layerwise else ["--sequential"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"hf-prune failed ({'layerwise' if layerwise else 'in memory'}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    def tensors(directory: Path) -> dict:
+        out = {}
+        for path in sorted(directory.glob("*.safetensors")):
+            out.update(load_file(path))
+        return out
+
+    first, second = tensors(a), tensors(b)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers (default: 16, as Llama-3.2-1B)")
+    parser.add_argument("--samples", type=int, default=8, help="calibration rows")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration row")
+    parser.add_argument("--name", default="layerwise_memory")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hf-prune-layerwise-") as scratch:
+        scratch = Path(scratch)
+        make_checkpoint(scratch / "dense", args.layers)
+        files = sorted((scratch / "dense").glob("*.safetensors"))
+        checkpoint_mb = sum(p.stat().st_size for p in files) / 2**20
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(scratch / "dense")
+        hidden, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+        kv = config.num_key_value_heads * config.head_dim
+        layer_params = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner + 2 * hidden
+        rows = {}
+        for layerwise in (False, True):
+            mode = "layerwise" if layerwise else "in memory"
+            rows[mode] = run(scratch / "dense", scratch / mode.replace(" ", "_"), layerwise, args.samples, args.seq_len)
+            rows[mode]["added_mb"] = rows[mode]["peak_mb"] - rows[mode]["baseline_mb"]
+            print(f"{mode}: peak {rows[mode]['peak_mb']:.0f} MB, {rows[mode]['added_mb']:.0f} MB above the "
+                  f"imports, {rows[mode]['seconds']:.0f} s", flush=True)
+        equal = same_tensors(scratch / "layerwise", scratch / "in_memory")
+
+    meta = {"shapes": {**LLAMA_3_2_1B, "num_hidden_layers": config.num_hidden_layers}, "checkpoint_mb": checkpoint_mb,
+            "shards": len(files), "fp32_layer_mb": layer_params * 4 / 2**20,
+            "fp32_embedding_mb": vocab * hidden * 4 / 2**20,
+            "samples": args.samples, "seq_len": args.seq_len, "same_tensors": equal, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+    lines = [f"# Peak memory of pruning a Llama-3.2-1B-shaped model ({config.num_hidden_layers} layers, random bf16 "
+             f"weights, {checkpoint_mb:.0f} MB in {len(files)} shards; CPU, computed in float32)", "",
+             "`HF_HUB_OFFLINE=1 python eval/bench_layerwise_memory.py` — EMP 30%, activation importance, "
+             f"{args.samples} x {args.seq_len} builtin calibration tokens; peak = `VmHWM` of a fresh process, "
+             "'added' = above its memory once torch, transformers, datasets and hf_prune are imported.", "",
+             "| mode | peak MB | added MB | added / fp32 model | seconds |", "|---|---|---|---|---|"]
+    fp32_model_mb = checkpoint_mb * 2
+    for mode, row in rows.items():
+        lines.append(f"| {mode} | {row['peak_mb']:.0f} | {row['added_mb']:.0f} | "
+                     f"{row['added_mb'] / fp32_model_mb:.2f} | {row['seconds']:.0f} |")
+    lines += ["", f"One decoder layer in float32: {meta['fp32_layer_mb']:.0f} MB; the (tied) embedding table in "
+              f"float32: {meta['fp32_embedding_mb']:.0f} MB. Layer-wise and in-memory checkpoints hold the same tensors: "
+              f"{equal}."]
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    out = EVAL_DIR / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / f"{args.name}.md").write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()
