@@ -28,6 +28,7 @@ import torch
 from llama_cpp import Llama
 
 from bench_common import QUIET, Timer, write_results
+from bench_speed import flops_per_token
 from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
 from hf_prune.checkpoint import load_model
@@ -104,6 +105,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=SMOLLM2 if (SMOLLM2 / "config.json").exists() else DEFAULT_MODEL_DIR)
     parser.add_argument("--sparsities", type=float, nargs="*", default=[0.2, 0.35, 0.5])
+    parser.add_argument("--mlp-multiples", type=int, nargs="+", default=[1], help="EMP's --mlp-multiple per cut "
+                        "(1: widths as EMP chose them; 64: rounded to multiples of 64, fast-kernel sizes)")
     parser.add_argument("--dtypes", nargs="+", default=["f32", "q8_0"])
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -121,10 +124,12 @@ def main() -> None:
     print(f"{args.model.name}: statistics of {rows.shape[0]} x {rows.shape[1]} tokens in {timer.seconds:.0f} s", flush=True)
     models = {"dense": (dense, 0.0)}
     for sparsity in args.sparsities:
-        config = PruningConfig.from_dict({**RECIPE, "sparsity": sparsity})
-        model, report = prune_pretrained(copy.deepcopy(dense), config, tokenizer=tokenizer, input_ids=rows,
-                                         statistics=stats, console=QUIET)
-        models[f"EMP {sparsity:.0%}"] = (model, report.achieved_sparsity)
+        for multiple in args.mlp_multiples:
+            config = PruningConfig.from_dict({**RECIPE, "sparsity": sparsity, "mlp_multiple": multiple})
+            model, report = prune_pretrained(copy.deepcopy(dense), config, tokenizer=tokenizer, input_ids=rows,
+                                             statistics=stats, console=QUIET)
+            label = f"EMP {sparsity:.0%}" + (f" MLP x{multiple}" if multiple > 1 else "")
+            models[label] = (model, report.achieved_sparsity)
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +140,7 @@ def main() -> None:
                                      tokenizer_dir=args.model, dtype=dtype)
                 row = {"model": label, "dtype": dtype, "achieved_sparsity": achieved,
                        "parameters": count_parameters(model), "file_mib": summary.bytes / 2**20,
+                       "flops_per_token": flops_per_token(model, context=args.prompt_tokens + args.new_tokens / 2),
                        "query_heads": [s.heads for s in summary.layers], "mlp_width": [s.ffn for s in summary.layers],
                        **exactness(model, summary.path, dtype, prompt[:64])}
                 if label == "dense" and dtype == args.dtypes[0]:
@@ -173,17 +179,22 @@ def render(results: list[dict], args) -> str:
              f"(activation, KV groups + MLP neurons; per-layer shapes, architecture `deci`). Prompt: "
              f"{args.prompt_tokens} held-out tokens; generation: {args.new_tokens} greedy tokens; median of "
              f"{args.rounds} interleaved rounds. Logit check on 64 tokens against PyTorch with the file's "
-             "(dequantized) weights, f32 KV cache; speed with llama.cpp's default f16 KV cache.", "",
+             "(dequantized) weights, f32 KV cache; speed with llama.cpp's default f16 KV cache. Limit = dense / "
+             "pruned FLOPs per generated token (every matmul, the LM head, attention over the mean context; "
+             "`bench_speed.flops_per_token`).", "",
              "| model | file | achieved sparsity | parameters | MiB | prompt tok/s | generate tok/s | "
-             "prompt speed-up | generate speed-up | max abs logit diff | argmax agreement | KL(PyTorch ‖ llama.cpp) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "prompt speed-up | generate speed-up | limit | generate speed-up / limit | max abs logit diff | "
+             "argmax agreement | KL(PyTorch ‖ llama.cpp) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
         base = dense[row["dtype"]]
+        limit = base["flops_per_token"] / row["flops_per_token"]
         lines.append(
             f"| {row['model']} | {row['dtype']} | {row['achieved_sparsity']:.1%} | {row['parameters'] / 1e6:.1f} M | "
             f"{row['file_mib']:.1f} | {row['prompt_tokens_per_s']:.0f} | {row['generate_tokens_per_s']:.1f} | "
             f"{row['prompt_tokens_per_s'] / base['prompt_tokens_per_s']:.2f}x | "
-            f"{row['generate_tokens_per_s'] / base['generate_tokens_per_s']:.2f}x | "
+            f"{row['generate_tokens_per_s'] / base['generate_tokens_per_s']:.2f}x | {limit:.2f}x | "
+            f"{row['generate_tokens_per_s'] / base['generate_tokens_per_s'] / limit:.2f} | "
             f"{row['max_abs_logit_diff']:.1e} | {row['argmax_agreement']:.3f} | {row['mean_kl']:.1e} |")
     return "\n".join(lines) + "\n"
 
