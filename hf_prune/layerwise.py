@@ -59,7 +59,8 @@ def weight_files(directory: Path) -> dict[str, Path]:
     single = directory / WEIGHTS_NAME
     if not single.is_file():
         raise ModelLoadError(f"{str(directory)!r} holds no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}: --layerwise reads "
-                             "the weights straight from safetensors shards")
+                             "the weights straight from safetensors shards; convert the checkpoint once with "
+                             "save_pretrained, or drop --layerwise")
     from safetensors import safe_open
 
     with safe_open(str(single), framework="pt") as handle:

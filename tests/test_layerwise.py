@@ -170,3 +170,47 @@ def test_layerwise_peak_memory_is_well_below_the_model_and_the_result_equals_the
     assert added[True] < model_mb / 3
     assert added[False] > model_mb  # the comparison measures what it claims to
     assert_same_checkpoint(tmp_path / "layerwise", tmp_path / "in_memory")
+
+
+def test_layerwise_from_the_command_line_writes_then_pushes_what_it_wrote(tmp_path, capsys, monkeypatch):
+    from .test_pipeline import FakeHub
+
+    hub = FakeHub().install(monkeypatch)
+    source = save_sharded("qwen2", tmp_path / "dense")
+    out = tmp_path / "out"
+    assert main(["--model", source, "--layerwise", "--target", "emp", "--sparsity", "0.3", "--calibration",
+                 write_calibration_file(tmp_path / "c.jsonl"), "--calibration-samples", "4", "--seq-len", "32",
+                 "--push-to-hub", "me/x", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "layer by layer" in stdout and "pushed to me/x" in stdout
+    assert hub.uploads[0]["files"] == sorted(p.name for p in out.iterdir())
+    assert hub.uploads[0]["config"]["hf_prune"]["config"]["calibration"]["sequential"] is True
+
+
+def test_a_failure_during_the_cut_leaves_nothing_behind(tmp_path, monkeypatch):
+    source = save_sharded("llama", tmp_path / "dense")
+    calls = []
+
+    def failing_add(self, tensors):
+        calls.append(tensors)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ShardWriter, "add", failing_add)
+    with pytest.raises(RuntimeError, match="disk full"):
+        prune_pretrained(source, PruningConfig.from_dict({"importance": "magnitude", "sparsity": 0.3}),
+                         layerwise=True, output_dir=tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]  # no output, no staging directory
+
+
+def test_a_checkpoint_without_safetensors_is_refused_in_one_line(tmp_path, capsys):
+    source = tmp_path / "dense"
+    model = make_tiny_model("llama")
+    model.save_pretrained(source)
+    (source / "model.safetensors").unlink()
+    torch.save(model.state_dict(), source / "pytorch_model.bin")  # an old pickle checkpoint
+    capsys.readouterr()
+    assert main(["--model", str(source), "--layerwise", "--importance", "magnitude",
+                 "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "safetensors" in error and len(error.splitlines()) == 1
