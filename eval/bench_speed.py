@@ -16,6 +16,7 @@ weights when ``eval/models/smollm2-135m`` exists) is scored once on random token
 
     HF_HUB_OFFLINE=1 python eval/bench_speed.py --models smollm2 --batch-sizes 1 8     # CPU here
     HF_HUB_OFFLINE=1 python eval/bench_speed.py --device cuda --dtype bfloat16         # same script on a GPU
+    HF_HUB_OFFLINE=1 python eval/bench_speed.py --models smollm2 --targets search      # the measured search's cuts
 
 Writes ``eval/results/speed_<device>.{md,json}`` (``--name``); every round is kept in the JSON.
 """
@@ -115,12 +116,18 @@ def time_once(model, prompt: torch.Tensor, new_tokens: int, device: str, cache: 
 
 
 def variants(args) -> list[tuple[str, dict]]:
+    """(label, config values) of every pruned model: uniform once per budget; EMP and the search once per
+    MLP-width rounding."""
     rows = []
     for sparsity in args.sparsities:
-        rows.append((f"uniform {sparsity:.0%}", dict(target="uniform", sparsity=sparsity)))
-        for multiple in args.mlp_multiples:
-            suffix = f", MLP x{multiple}" if multiple > 1 else ""
-            rows.append((f"emp {sparsity:.0%}{suffix}", dict(target="emp", sparsity=sparsity, mlp_multiple=multiple)))
+        for target in args.targets:
+            if target == "uniform":
+                rows.append((f"uniform {sparsity:.0%}", dict(target="uniform", sparsity=sparsity)))
+                continue
+            for multiple in args.mlp_multiples:
+                suffix = f", MLP x{multiple}" if multiple > 1 else ""
+                rows.append((f"{target} {sparsity:.0%}{suffix}",
+                             dict(target=target, sparsity=sparsity, mlp_multiple=multiple)))
     return rows
 
 
@@ -130,6 +137,8 @@ def main() -> None:
                         choices=["smollm2", *SHAPES])
     parser.add_argument("--layers", type=int, default=None, help="keep only this many decoder layers (random shapes)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.35, 0.5])
+    parser.add_argument("--targets", nargs="+", choices=["uniform", "emp", "search"], default=["uniform", "emp"],
+                        help="allocations to time ('search' measures KL costs on the calibration rows first: minutes)")
     parser.add_argument("--mlp-multiples", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--prompt-len", type=int, default=128)
