@@ -311,7 +311,7 @@ def _prune_layerwise(model_id: str, config: PruningConfig, dtype: str, input_ids
     from .report import write_run_artifacts
 
     started = time.perf_counter()
-    compute_dtype, stored_dtype = layerwise_dtypes(dtype, getattr(load_config(model_id), "dtype", None))
+    compute_dtype, stored_dtype = _layerwise_dtypes(dtype, getattr(load_config(model_id), "dtype", None))
     console.print(f"loading {model_id} layer by layer (its weights stay in the safetensors shards until used)")
     model, stored = load_offloaded(model_id, compute_dtype)
     tokenizer = load_tokenizer(model_id)
@@ -342,7 +342,7 @@ def _prune_layerwise(model_id: str, config: PruningConfig, dtype: str, input_ids
     return report
 
 
-def layerwise_dtypes(dtype: str, checkpoint_dtype: Any) -> tuple[torch.dtype, torch.dtype]:
+def _layerwise_dtypes(dtype: str, checkpoint_dtype: Any) -> tuple[torch.dtype, torch.dtype]:
     """(compute, stored) dtypes of a layer-wise run, as the in-memory path chooses them: 'auto' computes in
     float32 on a CPU and in the checkpoint's dtype on a GPU, and stores the checkpoint's dtype."""
     from .checkpoint import DTYPES

@@ -19,8 +19,8 @@ from hf_prune.testing import make_tiny_model, make_tiny_tokenizer, random_plan, 
 
 from ._subprocess import run_python
 
-#: what differs between two runs of the same pruning: how long calibration took
-TIMINGS = re.compile(r'"calibration_seconds": [0-9.e-]+|in [0-9.]+s \(importance')
+#: what differs between two runs of the same pruning: how long calibration (and a search) took
+TIMINGS = re.compile(r'"[a-z_]*seconds": [0-9.e-]+|[0-9.]+s\b')
 
 
 WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
@@ -214,3 +214,17 @@ def test_a_checkpoint_without_safetensors_is_refused_in_one_line(tmp_path, capsy
                  "--output", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert "safetensors" in error and len(error.splitlines()) == 1
+
+
+def test_the_measured_search_layer_by_layer_writes_what_it_writes_in_memory(tmp_path):
+    source = save_sharded("mistral", tmp_path / "dense")
+
+    def config():
+        return PruningConfig.from_dict({"target": "search", "units": "all", "sparsity": 0.35, "sequential": True,
+                                        "calibration": write_calibration_file(tmp_path / "c.jsonl"),
+                                        "calibration_samples": 6, "seq_len": 32, "search_rows": 2})
+
+    _, report = prune_pretrained(source, config(), layerwise=True, output_dir=tmp_path / "layerwise")
+    _, expected = prune_pretrained(source, config(), output_dir=tmp_path / "in_memory")
+    assert report.plan == expected.plan
+    assert_same_checkpoint(tmp_path / "layerwise", tmp_path / "in_memory")
