@@ -335,10 +335,7 @@ def _prune_layerwise(model_id: str, config: PruningConfig, dtype: str, input_ids
                   f"AutoModelForCausalLM.from_pretrained({str(written)!r}) after `import hf_prune`, or with "
                   "trust_remote_code=True without it")
     if hub is not None:
-        from .hub import push_folder
-
-        url = push_folder(written, hub.repo_id, private=hub.private, revision=hub.revision, token=hub.token)
-        console.print(f"pushed to {hub.repo_id}: {url}")
+        _push(written, hub, console, kept_locally=True)
     return report
 
 
@@ -385,7 +382,6 @@ def _print_results(report: PruningReport, console: Console) -> None:
 
 def _save_and_push(model, tokenizer, report: PruningReport, output_dir, overwrite: bool, hub: HubTarget | None,
                    console: Console, started: float) -> None:
-    from .hub import HubError, push_folder
     from .report import write_run_artifacts
 
     gate_failed = report.quality.get("passed") is False
@@ -405,10 +401,17 @@ def _save_and_push(model, tokenizer, report: PruningReport, output_dir, overwrit
             console.print(f"not pushed to {hub.repo_id}: the quality gate failed"
                           + (f"; the model is in {written}" if output_dir is not None else ""))
             return
-        try:
-            url = push_folder(written, hub.repo_id, private=hub.private, revision=hub.revision, token=hub.token)
-        except HubError as error:
-            kept = (f"the pruned model is kept in {str(written)!r}" if output_dir is not None
-                    else "nothing was kept: pass output_dir to keep a local copy")
-            raise HubError(f"{error}; {kept}") from error
-        console.print(f"pushed to {hub.repo_id}: {url}")
+        _push(written, hub, console, kept_locally=output_dir is not None)
+
+
+def _push(written: Path, hub: HubTarget, console: Console, *, kept_locally: bool) -> None:
+    """Upload the written directory; a failed upload says whether the local copy remains."""
+    from .hub import HubError, push_folder
+
+    try:
+        url = push_folder(written, hub.repo_id, private=hub.private, revision=hub.revision, token=hub.token)
+    except HubError as error:
+        kept = (f"the pruned model is kept in {str(written)!r}" if kept_locally
+                else "nothing was kept: pass output_dir to keep a local copy")
+        raise HubError(f"{error}; {kept}") from error
+    console.print(f"pushed to {hub.repo_id}: {url}")
