@@ -110,10 +110,12 @@ def load_offloaded(name_or_path: str, dtype: torch.dtype,
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from .adapters import get_adapter
-    from .checkpoint import load_config
+    from .checkpoint import check_weight_files, load_config
 
     config = load_config(name_or_path)
-    files = weight_files(checkpoint_directory(name_or_path))
+    directory = checkpoint_directory(name_or_path)
+    check_weight_files(str(directory))  # a truncated shard is named now, not when its layer is first read
+    files = weight_files(directory)
     device = device or torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

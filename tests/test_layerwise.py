@@ -228,3 +228,17 @@ def test_the_measured_search_layer_by_layer_writes_what_it_writes_in_memory(tmp_
     _, expected = prune_pretrained(source, config(), output_dir=tmp_path / "in_memory")
     assert report.plan == expected.plan
     assert_same_checkpoint(tmp_path / "layerwise", tmp_path / "in_memory")
+
+
+def test_a_truncated_shard_is_named_in_one_line_before_anything_runs(tmp_path, capsys):
+    import os
+
+    source = Path(save_sharded("llama", tmp_path / "dense"))
+    shard = sorted(source.glob("model-*.safetensors"))[-1]
+    os.truncate(shard, shard.stat().st_size // 2)
+    capsys.readouterr()
+    assert main(["--model", str(source), "--layerwise", "--importance", "magnitude",
+                 "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert str(shard) in error and "corrupt or truncated" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
