@@ -25,6 +25,7 @@ import torch
 
 EVAL_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(EVAL_DIR.parent))
+from bench_common import write_results  # noqa: E402
 
 #: Llama-3.2-1B's shapes (tied embeddings, 128k vocabulary)
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -132,10 +133,7 @@ def main() -> None:
               f"{equal}."]
     markdown = "\n".join(lines) + "\n"
     print(markdown)
-    out = EVAL_DIR / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / f"{args.name}.md").write_text(markdown)
+    write_results(args.name, rows, markdown, meta)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -78,11 +79,6 @@ def one_run(dense, tokenizer, criterion: str, args) -> dict:
     return stages
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
-
-
 def gate_step_seconds(dense, rows: torch.Tensor, steps: int, batch_size: int) -> float:
     """Median seconds of one Hyperflux optimizer step (budget 30%, hf-prune's default options; the pressure
     update every ``tick_every`` = 10 steps falls among the timed steps, as it does in a run)."""
@@ -95,7 +91,7 @@ def gate_step_seconds(dense, rows: torch.Tensor, steps: int, batch_size: int) ->
     trainer = HyperfluxTrainer(model, scopes, params_per_group, budget, rows, config.hyperflux, batch_size=batch_size)
     ends = [time.perf_counter()]
     trainer.run(on_step_end=lambda step: ends.append(time.perf_counter()))
-    return median([b - a for a, b in zip(ends[1:], ends[2:])][:steps])  # the first step is the warm-up
+    return statistics.median([b - a for a, b in zip(ends[1:], ends[2:])][:steps])  # the first step is the warm-up
 
 
 def fine_tune_step_seconds(dense, rows: torch.Tensor, steps: int, batch_size: int) -> float:
@@ -112,7 +108,7 @@ def fine_tune_step_seconds(dense, rows: torch.Tensor, steps: int, batch_size: in
         model(batch, labels=batch, use_cache=False).loss.backward()
         optimizer.step()
         durations.append(time.perf_counter() - start)
-    return median(durations[1:])
+    return statistics.median(durations[1:])
 
 
 def main() -> None:
