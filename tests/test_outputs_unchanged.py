@@ -1,0 +1,35 @@
+"""The package's reorganisation changed no output: every target on the embedded default writes what it wrote
+before (``tests/fixtures/outputs_before_the_move.json``, written by ``python -m tests._outputs`` at HEAD 87a67ab)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ._outputs import CASES, differences, snapshot_case
+
+FIXTURE = Path(__file__).parent / "fixtures" / "outputs_before_the_move.json"
+EXPECTED = json.loads(FIXTURE.read_text())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_same_files_as_before_the_move(case, tmp_path):
+    actual = snapshot_case(CASES[case], tmp_path)
+    found = differences(EXPECTED[case], actual)
+    assert not found, "\n".join(found[:20])
+
+
+def test_a_changed_tensor_or_text_is_a_difference():
+    """The comparison itself: it sees a changed weight, a changed word and a changed number."""
+    expected = EXPECTED["uniform"]["files"]
+    changed = json.loads(json.dumps(expected))
+    tensor = next(iter(changed["model.safetensors"].values()))
+    tensor["sha256"], tensor["projections"][0] = "0" * 64, tensor["projections"][0] + 0.01 * tensor["norm"]
+    changed["README.md"] = changed["README.md"].replace("Pruned with", "Cut with").replace("50.00%", "49.00%")
+    found = differences(expected, changed)
+    assert any("values differ" in line for line in found)
+    assert any("README.md: text differs" in line for line in found)
+    changed["README.md"] = expected["README.md"].replace("50.00%", "49.00%")
+    assert any("number 49.00%" in line or "number 49.00" in line for line in differences(expected, changed))
