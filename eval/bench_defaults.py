@@ -19,13 +19,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-
 from bench_common import QUIET, REFERENCE_DIR, Bench, Timer, ratio_cell, write_results
+
 from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
 from hf_prune.corpus import default_corpus_dir
 from hf_prune.data import DEFAULT_MODEL_DIR
-from hf_prune.pruner import calibration_ids, collect_statistics
+from hf_prune.plan.planner import calibration_ids, collect_statistics
 
 #: label -> PruningConfig fields; every data-driven criterion shares one statistics pass per seed
 RECIPES = {

@@ -18,12 +18,11 @@ import itertools
 from collections import defaultdict
 
 import torch
+from bench_common import QUIET, REFERENCE_DIR, RESULTS_DIR, Bench, Timer, ratio_cell, save_ratio_figure, write_results
 
-from bench_common import (QUIET, REFERENCE_DIR, RESULTS_DIR, Bench, Timer, ratio_cell, save_ratio_figure,
-                          write_results)
 from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
-from hf_prune.pruner import calibration_ids, collect_statistics
+from hf_prune.plan.planner import calibration_ids, collect_statistics
 
 ALLOCATIONS = {  # label -> (target, units)
     "uniform": ("uniform", "all"),

@@ -17,13 +17,13 @@ import shutil
 import time
 
 import torch
-
 from bench_common import QUIET, REFERENCE_DIR, RESULTS_DIR, Bench, write_results
+
 from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
-from hf_prune.hyperflux import GateSet
-from hf_prune.hyperflux.trajectory import plot_trajectory
-from hf_prune.pruner import calibration_ids, collect_statistics
+from hf_prune.plan.hyperflux import GateSet
+from hf_prune.plan.hyperflux.trajectory import plot_trajectory
+from hf_prune.plan.planner import calibration_ids, collect_statistics
 
 ONE_SHOT = {  # label -> PruningConfig overrides
     "uniform (activation)": {"target": "uniform", "importance": "activation"},

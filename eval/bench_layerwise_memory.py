@@ -36,7 +36,7 @@ LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
 PROBE = """
 import json, sys, time
 import datasets, torch, transformers  # noqa: F401
-from hf_prune.cli import main
+from hf_prune.run.cli import main
 
 def status_mb(field):
     return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) / 1024

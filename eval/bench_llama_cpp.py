@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from llama_cpp import Llama
-
 from bench_common import QUIET, Timer, write_results
 from bench_speed import flops_per_token
+from llama_cpp import Llama
+
 from hf_prune import PruningConfig, prune_pretrained
-from hf_prune.adapters import get_adapter
-from hf_prune.checkpoint import load_model
+from hf_prune.adapters import count_parameters, get_adapter
 from hf_prune.data import DEFAULT_MODEL_DIR
-from hf_prune.export.gguf import with_stored_weights, write_gguf
-from hf_prune.pruner import calibration_ids, collect_statistics, count_parameters
+from hf_prune.io.checkpoint import load_model
+from hf_prune.io.export.gguf import with_stored_weights, write_gguf
+from hf_prune.plan.planner import calibration_ids, collect_statistics
 
 SMOLLM2 = Path(__file__).resolve().parent / "models" / "smollm2-135m"
 GGML_F32 = 0

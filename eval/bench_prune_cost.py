@@ -34,11 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hf_prune.adapters import get_adapter  # noqa: E402
-from hf_prune.checkpoint import load_model, save_pruned  # noqa: E402
 from hf_prune.config import PruningConfig  # noqa: E402
+from hf_prune.cut.apply import apply_pruning  # noqa: E402
 from hf_prune.data import DEFAULT_MODEL_DIR  # noqa: E402
-from hf_prune.hyperflux.trainer import HyperfluxTrainer  # noqa: E402
-from hf_prune.pruner import apply_pruning, calibration_ids, collect_statistics, make_plan  # noqa: E402
+from hf_prune.io.checkpoint import load_model, save_pruned  # noqa: E402
+from hf_prune.plan.hyperflux.trainer import HyperfluxTrainer  # noqa: E402
+from hf_prune.plan.planner import calibration_ids, collect_statistics, make_plan  # noqa: E402
 
 EVAL_DIR = Path(__file__).resolve().parent
 MODELS = {"embedded default": DEFAULT_MODEL_DIR, "smollm2-135m": EVAL_DIR / "models" / "smollm2-135m"}

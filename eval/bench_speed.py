@@ -40,9 +40,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
 import hf_prune  # noqa: E402,F401
-from hf_prune.adapters import get_adapter  # noqa: E402
+from hf_prune.adapters import (
+    count_parameters,  # noqa: E402
+    get_adapter,  # noqa: E402
+)
 from hf_prune.config import PruningConfig  # noqa: E402
-from hf_prune.pruner import apply_pruning, collect_statistics, count_parameters, make_plan  # noqa: E402
+from hf_prune.cut.apply import apply_pruning  # noqa: E402
+from hf_prune.plan.planner import collect_statistics, make_plan  # noqa: E402
 
 EVAL_DIR = Path(__file__).resolve().parent
 SMOLLM2 = EVAL_DIR / "models" / "smollm2-135m"

@@ -51,16 +51,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR, save_ratio_figure
 from baselines import common, flap, llm_pruner, random_pruning, shortgpt, wanda_sp
+from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR, save_ratio_figure
+
 from hf_prune import PruningConfig
-from hf_prune.adapters import get_adapter
+from hf_prune.adapters import count_parameters, get_adapter
+from hf_prune.calibration.statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
+from hf_prune.cut.apply import apply_pruning
+from hf_prune.cut.masks import GroupMasks, keep_masks
+from hf_prune.plan.planner import calibration_ids, make_plan
 from hf_prune.quality import NEXT_SENTENCE_TASK, fixed_token_set, window_nll
 from hf_prune.quality import evaluate as lm_eval_quality
-from hf_prune.masks import GroupMasks, keep_masks
-from hf_prune.pruner import apply_pruning, calibration_ids, count_parameters, make_plan
-from hf_prune.statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
+
 
 @dataclass(frozen=True)
 class ModelUnderTest:

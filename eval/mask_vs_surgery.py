@@ -15,12 +15,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hf_prune
-from hf_prune.adapters import get_adapter
-from hf_prune.checkpoint import as_pruned_model
-from hf_prune.masks import GroupMasks, keep_masks
-from hf_prune.pruner import count_parameters
-from hf_prune.surgery import apply_plan
-from hf_prune.testing import FAMILIES, TINY_SHAPES, make_tiny_model, random_plan
+from hf_prune.adapters import count_parameters, get_adapter
+from hf_prune.cut.masks import GroupMasks, keep_masks
+from hf_prune.cut.relabel import as_pruned_model
+from hf_prune.cut.surgery import apply_plan
+from hf_prune.testing import TINY_SHAPES, families, make_tiny_model, random_plan
 
 
 def measure(family: str, attn_implementation: str, seed: int) -> dict[str, float]:
@@ -53,7 +52,7 @@ def main() -> None:
     print("| family | attention | params dense -> pruned (seed 2) | max |logit change| by pruning (seed 2) | "
           "max |Δ| mask vs surgery (3 seeds) | max |Δ| surgery vs reload (3 seeds) |")
     print("|---|---|---|---|---|---|")
-    for family in sorted(FAMILIES):
+    for family in families():
         for attn_implementation in ("eager", "sdpa"):
             worst: dict[str, float] = {}
             for seed in range(3):

@@ -62,8 +62,8 @@ def build_tiny(family: str, output: Path) -> Path:
 
     from hf_prune import save_pruned
     from hf_prune.adapters import get_adapter
-    from hf_prune.checkpoint import as_pruned_model
-    from hf_prune.surgery import apply_plan, ensure_bias
+    from hf_prune.cut.relabel import as_pruned_model
+    from hf_prune.cut.surgery import apply_plan, ensure_bias
     from hf_prune.testing import make_tiny_model, make_tiny_tokenizer, random_plan
 
     model = make_tiny_model(family, "sdpa", **TINY_OVERRIDES)

@@ -30,3 +30,8 @@ class ModelLoadError(HfPruneError):
 
 class OutputDirError(HfPruneError):
     """The output directory cannot be written safely."""
+
+
+#: exit statuses of the command: done; bad input (one line, this module's errors); quality gate failed (the
+#: checkpoint is written, not pushed); interrupted (Ctrl-C, the shell's status for SIGINT)
+EXIT_OK, EXIT_BAD_INPUT, EXIT_QUALITY_GATE_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130

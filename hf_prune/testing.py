@@ -1,25 +1,18 @@
 """Tiny random models of every supported family, built from configs as transformers' own tests do.
 
-Used by the test-suite and by ``eval/mask_vs_surgery.py``. Shapes are chosen so that every code path
-is exercised: GQA with 4 KV groups of 2 query heads, head_dim different from hidden/heads (Qwen3),
-q/k/v biases (Qwen2), biases everywhere (Llama with attention_bias and mlp_bias), sliding-window
-attention (Mistral), tied embeddings (Qwen3). They say nothing about quality: for that, see eval/.
+Used by the test-suite and by ``eval/mask_vs_surgery.py``. One model per entry of
+:data:`hf_prune.adapters.FAMILIES`, so a new family is tested by every family-parametrised test as soon as it is
+registered. Shapes are chosen so that every code path is exercised: GQA with 4 KV groups of 2 query heads, and
+what each family's entry sets for its own paths (``Family.tiny_config``: biases everywhere, a sliding window,
+head_dim different from hidden/heads, tied embeddings). They say nothing about quality: for that, see eval/.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from .adapters import FAMILIES, get_adapter
 
 TINY_SHAPES = dict(
     vocab_size=256,
@@ -31,12 +24,11 @@ TINY_SHAPES = dict(
     max_position_embeddings=256,
 )
 
-FAMILIES = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {"attention_bias": True, "mlp_bias": True}),
-    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 8}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16, "tie_word_embeddings": True}),
-}
+
+
+def families() -> list[str]:
+    """The model_type of every supported family, in order."""
+    return sorted(FAMILIES)
 
 
 def make_tiny_model(family: str, attn_implementation: str = "eager", seed: int = 0, **overrides) -> PreTrainedModel:
@@ -45,11 +37,10 @@ def make_tiny_model(family: str, attn_implementation: str = "eager", seed: int =
     Weights are re-drawn with a larger std than the default init so that pruning visibly changes
     the logits: a comparison of two pruned models must not pass merely because every logit is ~0.
     """
-    config_cls, model_cls, extra = FAMILIES[family]
-    config = config_cls(**{**TINY_SHAPES, **extra, **overrides})
+    config = AutoConfig.for_model(family, **{**TINY_SHAPES, **FAMILIES[family].tiny_config, **overrides})
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = model_cls(config)
+    model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" not in name:
@@ -59,8 +50,6 @@ def make_tiny_model(family: str, attn_implementation: str = "eager", seed: int =
 
 def random_plan(model: PreTrainedModel, seed: int = 0) -> dict[str, list[int]]:
     """A plan with different kept counts in every scope (1 .. all) and random kept indices."""
-    from .adapters import get_adapter
-
     generator = torch.Generator().manual_seed(seed)
     plan = {}
     for scope in get_adapter(model).scopes(model):

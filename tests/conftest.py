@@ -1,4 +1,4 @@
-"""Shared fixtures: offline mode, one parametrised fixture over the four supported families."""
+"""Shared fixtures: offline mode, one parametrised fixture over every supported family (hf_prune.adapters.FAMILIES)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pytest
 import torch
 
 import hf_prune  # noqa: F401  (registers the pruned classes)
-from hf_prune.testing import FAMILIES, TINY_SHAPES, make_tiny_model, random_plan
+from hf_prune.testing import TINY_SHAPES, families, make_tiny_model, random_plan
 
 # short names for the tests
 COMMON = TINY_SHAPES
 make_model = make_tiny_model
 
-__all__ = ["COMMON", "FAMILIES", "make_model", "random_plan"]
+__all__ = ["COMMON", "make_model", "random_plan"]
 
 
-@pytest.fixture(params=sorted(FAMILIES))
+@pytest.fixture(params=families())
 def family(request) -> str:
     return request.param
 

@@ -1,7 +1,7 @@
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_prune.adapters import SUPPORTED_MODEL_TYPES, check_supported, get_adapter
+from hf_prune.adapters import check_supported, get_adapter, supported_model_types
 from hf_prune.errors import UnsupportedModelError
 
 from .conftest import COMMON, make_model
@@ -47,4 +47,4 @@ def test_unknown_architecture_is_refused_with_the_supported_list():
         get_adapter(model)
     with pytest.raises(UnsupportedModelError):
         check_supported("bert")
-    assert set(SUPPORTED_MODEL_TYPES) == {"llama", "mistral", "qwen2", "qwen3"}
+    assert set(supported_model_types()) == {"llama", "mistral", "qwen2", "qwen3"}

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_prune.adapters import get_adapter
-from hf_prune.masks import GroupMasks, keep_masks
-from hf_prune.statistics import collect_channel_statistics
+from hf_prune.adapters import get_adapter, prunable_parameters
+from hf_prune.calibration.statistics import collect_channel_statistics
+from hf_prune.cut.masks import GroupMasks, keep_masks
+from hf_prune.plan.importance import top_groups
 from hf_prune.testing import make_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
@@ -143,7 +144,7 @@ def test_flap_bias_is_the_mean_of_removed_channels(model, scopes, stats, calibra
 
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_budgets_met_within_one_group(model, scopes, layers, stats, calibration, sparsity):
-    target = sparsity * common.total_prunable(model, scopes)
+    target = sparsity * prunable_parameters(model, scopes)
     largest = max(s.params_per_group(model) for s in scopes)
     neuron_per_scope = sum(s.params_per_group(model) for s in scopes if s.kind == "mlp")
     plans = {
@@ -198,7 +199,7 @@ def test_wanda_sp_is_sequential(model, scopes, layers, calibration):
         # W_metric = |W| * sqrt(scaler_row), mean over rows, summed per head
         scores = s.sum_per_group(w.abs().mean(dim=0) * inputs[s.name].pow(2).sum(dim=0).sqrt(), s.consumer)
         dense = s.sum_per_group(w.abs().mean(dim=0) * dense_inputs[s.name].pow(2).sum(dim=0).sqrt(), s.consumer)
-        assert plan.kept[s.name] == common.top_k(scores, len(plan.kept[s.name]))
+        assert plan.kept[s.name] == top_groups(scores, len(plan.kept[s.name]))
         differs |= not torch.allclose(scores, dense)
     assert differs
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_prune.calibration import load_calibration
+from hf_prune.calibration.rows import load_calibration
 from hf_prune.corpus import TextSource
 from hf_prune.errors import ConfigError
 from hf_prune.testing import make_tiny_tokenizer, write_calibration_file

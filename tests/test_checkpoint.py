@@ -10,9 +10,10 @@ from transformers import AutoModelForCausalLM
 
 from hf_prune import save_pruned
 from hf_prune.adapters import get_adapter
-from hf_prune.checkpoint import as_pruned_model, load_model
+from hf_prune.cut.relabel import as_pruned_model
+from hf_prune.cut.surgery import apply_plan
 from hf_prune.errors import ModelLoadError
-from hf_prune.surgery import apply_plan
+from hf_prune.io.checkpoint import load_model
 
 from ._subprocess import run_without_hf_prune
 from .conftest import make_model, random_plan

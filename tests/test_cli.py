@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-from hf_prune.cli import build_prune_parser, main
+from hf_prune.run.cli import build_prune_parser, main
 
 from .conftest import make_model
 

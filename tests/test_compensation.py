@@ -8,9 +8,10 @@ from transformers import AutoModelForCausalLM
 
 from hf_prune import PruningConfig, prune, save_pruned
 from hf_prune.adapters import get_adapter
-from hf_prune.compensation import compensate, fold_removed_means
-from hf_prune.statistics import collect_channel_statistics
-from hf_prune.surgery import prune_scope
+from hf_prune.calibration.statistics import collect_channel_statistics
+from hf_prune.cut.compensation import compensate, fold_removed_means
+from hf_prune.cut.surgery import prune_scope
+from hf_prune.registry import COMPENSATIONS
 
 from .conftest import COMMON, make_model
 
@@ -91,7 +92,7 @@ def test_least_squares_absorbs_removed_neurons_that_copy_kept_ones():
         copy = make_model("llama")
         copy.load_state_dict(model.state_dict())
         if method != "none":
-            compensate(copy, [scope], {scope.name: keep}, stats, method=method)
+            compensate(copy, [scope], {scope.name: keep}, stats, COMPENSATIONS[method]())
         prune_scope(copy, scope, keep)
         with torch.no_grad():
             errors[method] = float((copy.model.layers[0].mlp.down_proj(x[:, :48]) - expected).pow(2).mean())
@@ -105,10 +106,10 @@ def test_least_squares_keeps_everything_when_nothing_is_removed_and_needs_second
     rows = torch.randint(0, COMMON["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(5))
     before = model.get_submodule(scope.consumer.path).weight.clone()
     compensate(model, [scope], {scope.name: list(range(scope.num_groups))},
-               collect_channel_statistics(model, [scope], rows, gram=True), method="lstsq")
+               collect_channel_statistics(model, [scope], rows, gram=True), COMPENSATIONS["lstsq"]())
     assert torch.equal(model.get_submodule(scope.consumer.path).weight, before)
     with pytest.raises(ValueError, match="second moments"):
-        compensate(model, [scope], {scope.name: [0]}, collect_channel_statistics(model, [scope], rows), method="lstsq")
+        compensate(model, [scope], {scope.name: [0]}, collect_channel_statistics(model, [scope], rows), COMPENSATIONS["lstsq"]())
 
 
 def test_lstsq_from_the_config_cuts_saves_and_reloads(tmp_path):

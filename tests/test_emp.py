@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hf_prune.adapters import COLUMNS, ROWS, LinearSlice, PrunableScope
-from hf_prune.allocation import AllocationRequest, allocate_emp, effective_count
-from hf_prune.allocation.emp import round_to_budget
 from hf_prune.errors import BudgetError
+from hf_prune.plan.allocation import AllocationRequest, allocate_emp, effective_count
+from hf_prune.plan.allocation.emp import round_to_budget
 
 
 def scope(layer: int, kind: str, groups: int) -> PrunableScope:

@@ -7,8 +7,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from hf_prune.adapters import get_adapter
-from hf_prune.cli import build_prune_parser, main, resolve_config
-from hf_prune.config import PruningConfig, load_recipe
+from hf_prune.config import PruningConfig, load_recipe, split_options
+from hf_prune.run.cli import build_prune_parser, main, prune_settings
 from hf_prune.testing import save_tiny_checkpoint, write_calibration_file
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -86,7 +86,9 @@ def test_mlp_multiple_rounds_mlp_widths(capsys, tmp_path):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipes_are_valid_configs(recipe):
-    config = PruningConfig.from_dict(load_recipe(recipe))
+    pruning, run = split_options(load_recipe(recipe))
+    config = PruningConfig.from_dict(pruning)
+    assert not run, "the shipped recipes leave model and output to the command line"
     assert config.calibration.source and config.importance != "magnitude"
     assert "measured:" in recipe.read_text(), "a recipe states the measurement it rests on"
 
@@ -95,11 +97,11 @@ def test_flags_override_recipe_values(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("target: emp\nsparsity: 0.2\nimportance: activation\ncalibration: data.jsonl\nseq_len: 64\n")
     parser = build_prune_parser()
-    config = resolve_config(parser.parse_args(["--recipe", str(recipe), "--sparsity", "0.4"]))
+    config = prune_settings(parser.parse_args(["--recipe", str(recipe), "--sparsity", "0.4"]))[0]
     assert (config.target, config.sparsity, config.importance, config.calibration.seq_len) == ("emp", 0.4, "activation", 64)
-    config = resolve_config(parser.parse_args(["--recipe", str(recipe), "--beta", "1.0"]))
+    config = prune_settings(parser.parse_args(["--recipe", str(recipe), "--beta", "1.0"]))[0]
     assert config.beta == 1.0 and config.sparsity is None
-    config = resolve_config(parser.parse_args(["--recipe", str(recipe), "--no-sequential", "--seq-len", "16"]))
+    config = prune_settings(parser.parse_args(["--recipe", str(recipe), "--no-sequential", "--seq-len", "16"]))[0]
     assert config.calibration.sequential is False and config.calibration.seq_len == 16
 
 

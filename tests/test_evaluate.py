@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_prune import eval_cli
-from hf_prune.corpus import MissingCorpusError, load_documents
 from hf_prune import quality as ev
+from hf_prune.corpus import MissingCorpusError, load_documents
+from hf_prune.data import DEFAULT_MODEL_DIR
+from hf_prune.run.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the river runs past the old stone mill and the children watch the water while their mother "
@@ -140,23 +141,23 @@ def test_cli_prints_metrics_and_fails_cleanly(tmp_path, toy, corpus, capsys):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     out = tmp_path / "metrics.json"
-    rc = eval_cli.main(["--model", str(tmp_path / "m"), "--test-file", str(corpus / "test.jsonl"),
-                        "--tasks", ev.PERPLEXITY_TASK, "--limit", "3", "--json-out", str(out),
-                        "--device", "cpu", "--dtype", "float32", "--batch-size", "2"])
+    rc = cli_main(["eval", "--model", str(tmp_path / "m"), "--eval-data", str(corpus / "test.jsonl"),
+                        "--eval-tasks", ev.PERPLEXITY_TASK, "--eval-limit", "3", "--json-out", str(out),
+                        "--device-map", "cpu", "--dtype", "float32", "--eval-batch-size", "2"])
     assert rc == 0
     assert "token_perplexity" in capsys.readouterr().out
     assert json.loads(out.read_text())["metrics"]["num_docs"] == 3
 
-    assert eval_cli.main(["--model", "no-such-owner/no-such-model", "--tasks", ev.PERPLEXITY_TASK,
-                          "--test-file", str(corpus)]) == 2  # a Hub id, and the Hub is offline here
+    assert cli_main(["eval", "--model", "no-such-owner/no-such-model", "--eval-tasks", ev.PERPLEXITY_TASK,
+                          "--eval-data", str(corpus)]) == 2  # a Hub id, and the Hub is offline here
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no-such-owner/no-such-model" in err
-    assert eval_cli.main(["--model", str(tmp_path / "m"), "--tasks", "no_such_task", "--test-file", str(corpus)]) == 2
+    assert cli_main(["eval", "--model", str(tmp_path / "m"), "--eval-tasks", "no_such_task", "--eval-data", str(corpus)]) == 2
     assert "unknown lm-eval task(s): no_such_task" in capsys.readouterr().err
-    assert eval_cli.main(["--model", str(tmp_path / "missing"), "--test-file", str(corpus)]) == 2
+    assert cli_main(["eval", "--model", str(tmp_path / "missing"), "--eval-data", str(corpus)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
-    assert eval_cli.main(["--model", str(tmp_path / "m"), "--test-file", str(tmp_path / "no.jsonl")]) == 2
+    assert cli_main(["eval", "--model", str(tmp_path / "m"), "--eval-data", str(tmp_path / "no.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "prepare_corpus.py" in err
 
@@ -165,7 +166,7 @@ def test_embedded_default_model_loads_offline_and_is_small():
     """The package's default model: standard Auto classes, <= 3 MB of weights, prunable GQA shape."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    d = eval_cli.DEFAULT_MODEL_DIR
+    d = DEFAULT_MODEL_DIR
     assert (d / "model.safetensors").stat().st_size <= 3_000_000
     model = AutoModelForCausalLM.from_pretrained(d)
     tok = AutoTokenizer.from_pretrained(d)

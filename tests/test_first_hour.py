@@ -56,16 +56,16 @@ def test_help_documents_verbs_defaults_and_tasks():
     eval_help = hf_prune_cmd("eval", "--help").stdout
     assert "(default: None)" not in eval_help
     assert "hfprune_perplexity" in eval_help and "hfprune_next_sentence" in eval_help
-    assert "(default: 16)" in eval_help  # --batch-size shows its default
-    batch = eval_help[eval_help.index("  --batch-size"):eval_help.index("  --mc-items")]
-    assert "sequences per forward pass" in batch
+    assert "(default: 16)" in eval_help  # --eval-batch-size shows its default
+    batch = eval_help[eval_help.index("  --eval-batch-size"):eval_help.index("  --eval-mc-items")]
+    assert "lm-eval batch size" in batch
 
 
 def test_eval_help_lists_the_tasks_evaluate_runs():
-    from hf_prune import eval_cli, quality
+    from hf_prune import quality, tasks
     from hf_prune.quality import local_tasks
 
-    assert eval_cli.LOCAL_TASKS == quality.LOCAL_TASKS
+    assert tasks.LOCAL_TASKS == quality.LOCAL_TASKS
     assert sorted(local_tasks.LOCAL_TASKS) == sorted(p.stem for p in local_tasks.TASKS_DIR.glob("*.yaml"))
 
 
@@ -80,7 +80,7 @@ def test_help_version_and_usage_errors_do_not_import_torch(args):
     """They must answer at once; importing torch and transformers alone takes seconds."""
     result = hf_prune_cmd(*args, env={**ENV, "PYTHONPROFILEIMPORTTIME": "1"})
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "hf_prune.cli" in imported, "the import profile was not captured"
+    assert "hf_prune.run.cli" in imported, "the import profile was not captured"
     assert not {"torch", "transformers", "lm_eval", "datasets"} & imported
 
 
@@ -117,7 +117,7 @@ def test_one_shot_targets_run_on_the_embedded_default_without_calibration_flags(
 
 def test_a_data_driven_default_importance():
     from hf_prune import PruningConfig
-    from hf_prune.importance import get_importance
+    from hf_prune.plan.importance import get_importance
 
     assert get_importance(PruningConfig().importance).requires, "the default importance must read data"
 
@@ -130,7 +130,7 @@ def test_other_models_must_name_their_calibration_text(tmp_path):
 
 
 def test_eval_of_the_embedded_default_works_out_of_the_box(tmp_path):
-    result = hf_prune_cmd("eval", "--limit", "4", "--mc-items", "12", cwd=tmp_path)  # not inside a checkout
+    result = hf_prune_cmd("eval", "--eval-limit", "4", "--eval-mc-items", "12", cwd=tmp_path)  # not inside a checkout
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"test file: {HELDOUT_FILE}" in result.stdout
     assert "token_perplexity" in result.stdout
@@ -139,7 +139,7 @@ def test_eval_of_the_embedded_default_works_out_of_the_box(tmp_path):
 
 def test_generate_on_the_embedded_default_does_not_warn():
     result = run_python("""
-        import hf_prune.cli
+        import hf_prune.run.cli
         from transformers import AutoModelForCausalLM, AutoTokenizer
         path = hf_prune.data.DEFAULT_MODEL_DIR
         model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -214,25 +214,26 @@ def test_ctrl_c_saves_the_state_and_prints_the_resume_command_and_rerun_must_cho
 
 
 def test_the_resume_command_continues_a_restarted_run(tmp_path):
-    from hf_prune.cli import build_prune_parser, interrupted_message, resolve_config
+    from hf_prune.run.cli import build_prune_parser, prune_settings
+    from hf_prune.run.pipeline import interrupted_message, start
 
     state = tmp_path / "out.hyperflux-state"
     state.mkdir()
     (state / "hyperflux_state.json").write_text(json.dumps({"step": 7}))
     argv = ["--target", "hyperflux", "--restart", "--output", str(tmp_path / "out")]
-    config = resolve_config(build_prune_parser().parse_args(argv))
-    command = interrupted_message(argv, config).split("resume with: ", 1)[1]
+    config, options, model = prune_settings(build_prune_parser().parse_args(argv))
+    command = interrupted_message(argv, start(model, config, options, None).config).split("resume with: ", 1)[1]
     assert shlex.split(command) == ["hf-prune", "--target", "hyperflux", "--output", str(tmp_path / "out"),
                                     "--resume"]
 
 
 def test_ctrl_c_outside_gate_training_says_nothing_was_written(monkeypatch, capsys, tmp_path):
-    from hf_prune import cli
+    from hf_prune.run import cli, pipeline
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_prune", interrupted)
+    monkeypatch.setattr(pipeline, "prune_pretrained", interrupted)
     assert cli.main(["--output", str(tmp_path / "o")]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "hf-prune: interrupted; nothing was written"
@@ -245,7 +246,7 @@ def test_truncated_weights_are_named_in_one_line(tmp_path):
     weights = model_dir / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
     for result, prefix in ((hf_prune_cmd("--model", model_dir, "--output", tmp_path / "o"), "hf-prune: error:"),
-                           (hf_prune_cmd("eval", "--model", model_dir, "--test-file", HELDOUT_FILE),
+                           (hf_prune_cmd("eval", "--model", model_dir, "--eval-data", HELDOUT_FILE),
                             "hf-prune eval: error:")):
         line = one_line_error(result, prefix)
         assert str(weights) in line and "corrupt or truncated" in line
@@ -280,8 +281,8 @@ def test_sparsity_zero_is_refused(tmp_path):
 
 
 def test_plot_title_names_an_importance_only_when_scores_were_used():
-    from hf_prune.pruner import PruningReport
-    from hf_prune.report import plot_title
+    from hf_prune.io.summary import plot_title
+    from hf_prune.report import PruningReport
 
     config = {"target": "hyperflux", "importance": "activation"}
     report = PruningReport(config=config, layers=[], params_before=10, params_after=7, prunable_before=10,
@@ -289,3 +290,83 @@ def test_plot_title_names_an_importance_only_when_scores_were_used():
     assert plot_title(report) == "hyperflux, achieved sparsity 30.0%"
     report.scored = True
     assert plot_title(report) == "hyperflux, importance activation, achieved sparsity 30.0%"
+
+
+# -- found by a new user on a fresh clone -------------------------------------------------------------------
+
+def test_output_that_is_not_a_terminal_is_never_hard_wrapped(tmp_path):
+    """A narrow terminal width and a long path: every printed line still holds its whole path (a log or a pipe
+    must not break a path that a user copies)."""
+    output = tmp_path / ("a-rather-long-directory-name-" * 3) / "pruned"
+    result = hf_prune_cmd("--sparsity", "0.3", "--output", output, env={**ENV, "COLUMNS": "40"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == 1 and f"from_pretrained({str(output)!r})" in wrote[0]
+    assert any(line.startswith("sparsity: requested 30.00%, achieved") and line.endswith("whole groups)")
+               for line in result.stdout.splitlines())
+
+
+def test_eval_of_a_pruned_model_without_the_corpus_uses_the_shipped_text_and_says_so(tmp_path):
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
+    env = {**ENV, "HF_PRUNE_CORPUS": str(tmp_path / "no-corpus")}
+    result = hf_prune_cmd("eval", "--model", model_dir, "--eval-tasks", "hfprune_perplexity", "--eval-limit", "2",
+                          cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out text: the sample shipped with hf-prune" in result.stdout and "--eval-data" in result.stdout
+    assert f"test file: {HELDOUT_FILE}" in result.stdout
+
+
+def test_a_typo_in_a_recipe_is_an_error_naming_the_nearest_option(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sparsityy: 0.5\n")
+    line = one_line_error(hf_prune_cmd("--recipe", recipe, "--output", tmp_path / "o"))
+    assert "unknown option 'sparsityy'" in line and "did you mean 'sparsity'" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_may_name_the_model_and_the_output(tmp_path):
+    model_dir = save_tiny_checkpoint("qwen2", tmp_path / "model")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {model_dir}\noutput: {tmp_path / 'from-recipe'}\nimportance: magnitude\nsparsity: 0.3\n")
+    result = hf_prune_cmd("--recipe", recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "from-recipe" / "config.json").read_text())
+    assert config["model_type"] == "hf_prune_qwen2"
+
+
+def test_a_result_that_cannot_be_moved_into_place_is_kept_and_named(tmp_path, monkeypatch, capsys):
+    """The rename at the very end fails (another user's directory, a mount point): one line, exit 2, the finished
+    result kept beside the output, the old output untouched."""
+    from hf_prune.run.cli import main
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "old.txt").write_text("the user's")
+    rename = Path.rename
+
+    def refusing(self, target):
+        if Path(target) == output and self.name.endswith(".tmp"):  # the finished result, not the old output
+            raise PermissionError(13, "Permission denied")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refusing)
+    assert main(["--importance", "magnitude", "--sparsity", "0.3", "--output", str(output), "--overwrite"]) == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hf-prune: error:")]
+    assert error.startswith("hf-prune: error: cannot move the result into") and "Permission denied" in error
+    kept = Path(error.split("it is complete and kept in ", 1)[1].split("'")[1])
+    assert (kept / "config.json").is_file() and kept.parent == tmp_path
+    assert (output / "old.txt").read_text() == "the user's"
+
+
+def test_an_output_in_a_sticky_directory_owned_by_another_user_is_refused_up_front(tmp_path, monkeypatch):
+    from hf_prune.errors import OutputDirError
+    from hf_prune.io.checkpoint import prepare_output_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "theirs").mkdir()
+    monkeypatch.setattr(os, "geteuid", lambda: 54321)  # neither the directory's owner nor the output's
+    with pytest.raises(OutputDirError, match="belongs to another user"):
+        prepare_output_dir(shared / "theirs", overwrite=True)
+    prepare_output_dir(shared / "new", overwrite=True)  # a new directory there is fine

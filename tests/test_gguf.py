@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from hf_prune.adapters import get_adapter
-from hf_prune.checkpoint import as_pruned_model, save_pruned
-from hf_prune.cli import main as cli_main
+from hf_prune.cut.relabel import as_pruned_model
+from hf_prune.cut.surgery import apply_plan, ensure_bias
 from hf_prune.errors import ConfigError
-from hf_prune.export import FILE_FORMATS
-from hf_prune.export.gguf import DTYPES, stored_values, write_gguf
-from hf_prune.export.gguf_cli import DTYPE_NAMES
-from hf_prune.export.gguf_vocab import detect_pre_tokenizer
-from hf_prune.surgery import apply_plan, ensure_bias
+from hf_prune.io.checkpoint import save_pruned
+from hf_prune.io.export.gguf import DTYPES, stored_values, write_gguf
+from hf_prune.io.export.gguf_cli import DTYPE_NAMES
+from hf_prune.io.export.gguf_vocab import detect_pre_tokenizer
+from hf_prune.registry import FILE_FORMATS
+from hf_prune.run.cli import main as cli_main
 from hf_prune.testing import make_tiny_model, make_tiny_tokenizer, random_plan
 
 VOCAB = 320  # the byte-level test tokenizer has 300 tokens: the last 20 embedding rows get [PAD] tokens

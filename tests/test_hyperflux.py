@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from hf_prune.adapters import get_adapter
-from hf_prune.hyperflux import (
+from hf_prune.config import HyperfluxOptions
+from hf_prune.cut.masks import GroupMasks
+from hf_prune.plan.hyperflux import (
     GateSet,
-    HyperfluxOptions,
     HyperfluxTrainer,
     PressureScheduler,
     TargetTrajectory,
     hard_gate,
     project_to_budget,
 )
-from hf_prune.masks import GroupMasks
 
 from .conftest import make_model
 

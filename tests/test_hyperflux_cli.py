@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from hf_prune.adapters import get_adapter
-from hf_prune.cli import main
+from hf_prune.run.cli import main
 from hf_prune.testing import save_tiny_checkpoint, write_calibration_file
 
 from ._subprocess import HF_PRUNE_ON_TWO_PROCESSES

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from hf_prune.adapters import get_adapter
-from hf_prune.importance import IMPORTANCE_REGISTRY, get_importance
-from hf_prune.statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
+from hf_prune.calibration.statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
+from hf_prune.plan.importance import get_importance
+from hf_prune.registry import IMPORTANCES
 
 from .conftest import COMMON, make_model
 
@@ -20,7 +21,7 @@ def statistics(model, scopes, rows) -> CalibrationStatistics:
     return collect_taylor_statistics(model, scopes, rows, stats=stats)
 
 
-@pytest.mark.parametrize("name", sorted(IMPORTANCE_REGISTRY))
+@pytest.mark.parametrize("name", sorted(IMPORTANCES))
 def test_every_criterion_on_every_family(family, name, calibration_rows):
     model = make_model(family)
     scopes = get_adapter(model).scopes(model)

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from hf_prune import PruningConfig, prune_pretrained
 from hf_prune.adapters import get_adapter
-from hf_prune.cli import main
-from hf_prune.layerwise import LayerByLayer, ShardWriter, load_offloaded
-from hf_prune.pruner import PruningPlan, apply_pruning, collect_statistics
+from hf_prune.cut.apply import PruningPlan, apply_pruning
+from hf_prune.io.layerwise import LayerByLayer, ShardWriter, load_offloaded
+from hf_prune.plan.planner import collect_statistics
+from hf_prune.run.cli import main
 from hf_prune.testing import make_tiny_model, make_tiny_tokenizer, random_plan, write_calibration_file
 
 from ._subprocess import run_python

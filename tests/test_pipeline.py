@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prune
-from hf_prune.cli import build_prune_parser, main, resolve_config
 from hf_prune.data import DEFAULT_MODEL_DIR
+from hf_prune.run.cli import build_prune_parser, main, prune_settings
 
 #: keeps the tests to seconds: a short LoRA run, a few documents / items per lm-eval task
-FAST = ["--lora-steps", "20", "--recover-samples", "16", "--eval-limit", "24"]
+FAST = ["--lora-steps", "20", "--recover-samples", "16"]
 
 
 class FakeHub:
@@ -117,6 +117,13 @@ def test_private_repo_on_a_branch(capsys, monkeypatch, tmp_path):
     assert hub.created == [{"repo_id": "me/x", "private": True, "token": None}]
     assert hub.branches == [{"repo_id": "me/x", "branch": "v1"}]
     assert [upload["revision"] for upload in hub.uploads] == ["v1"]
+
+
+def test_a_scoring_flag_without_scoring_is_refused(capsys, tmp_path):
+    """--eval-limit alone would do nothing: refused in one line before anything runs."""
+    code, _, err = run(capsys, "--eval-limit", "24", "--output", tmp_path / "o")
+    assert code == 2 and "--eval-limit applies when the model is scored" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_below_min_retention_the_model_is_saved_not_pushed_and_the_status_is_3(capsys, monkeypatch, tmp_path):
@@ -221,9 +228,9 @@ def test_unknown_eval_task_is_one_line(capsys, tmp_path):
 
 def test_a_task_whose_data_cannot_load_fails_before_pruning(capsys, tmp_path, monkeypatch):
     """arc_easy's dataset is on the Hub, which is offline here: one line, before any pruning work."""
-    import hf_prune.pipeline
+    import hf_prune.run.stages
 
-    monkeypatch.setattr(hf_prune.pipeline, "make_plan", lambda *args, **kwargs: pytest.fail("planned first"))
+    monkeypatch.setattr(hf_prune.run.stages, "make_plan", lambda *args, **kwargs: pytest.fail("planned first"))
     code, _, err = run(capsys, "--eval-tasks", "arc_easy", "--output", tmp_path / "o")
     assert code == 2 and "lm-eval could not load the data of arc_easy" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
@@ -246,8 +253,8 @@ def test_a_lora_that_does_not_help_is_discarded_and_leaves_the_weights_as_they_w
 
 
 def test_the_card_links_a_hub_base_model_and_not_a_local_path():
-    from hf_prune.card import hub_id_or_none, model_card
-    from hf_prune.pruner import PruningReport
+    from hf_prune.io.card import hub_id_or_none, model_card
+    from hf_prune.report import PruningReport
 
     report = PruningReport(config={"target": "uniform", "sparsity": 0.3, "importance": "activation"}, layers=[],
                            params_before=10, params_after=7, prunable_before=10, prunable_after=7,
@@ -262,15 +269,18 @@ def test_a_recipe_may_nest_the_sections(tmp_path):
     from hf_prune.config import load_recipe
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("target: search\nsearch: {rows: 3, mlp_levels: 4}\ncalibration: {source: builtin, samples: 8}\n"
-                      "recovery: {method: lora, rank: 4}\n")
+    recipe.write_text("target: search\nsearch: {search_rows: 3, mlp_levels: 4}\n"
+                      "calibration: {calibration: builtin, calibration_samples: 8}\nrecovery: {recover: lora, lora_rank: 4}\n")
     config = hf_prune.PruningConfig.from_dict(load_recipe(recipe))
     assert (config.search.rows, config.search.mlp_levels, config.calibration.samples) == (3, 4, 8)
     assert config.calibration.source == "builtin" and config.recovery.rank == 4
     flags = build_prune_parser().parse_args(["--recipe", str(recipe), "--calibration", "other.jsonl"])
-    assert resolve_config(flags).calibration.samples == 8, "a flag overrides one field of a section, not all"
+    assert prune_settings(flags)[0].calibration.samples == 8, "a flag overrides one field of a section, not all"
     with pytest.raises(hf_prune.HfPruneError, match="--steps applies to --target hyperflux only"):
         hf_prune.PruningConfig.from_dict({"target": "emp", "steps": 10})
+    recipe.write_text("target: search\nsearch: {rows: 3}\n")  # the word of config.json, not of the flag
+    with pytest.raises(hf_prune.HfPruneError, match="unknown option 'rows' in section 'search'.*'search_rows'"):
+        load_recipe(recipe)
 
 
 def test_lora_recovery_is_seeded_and_leaves_the_callers_random_state_alone():

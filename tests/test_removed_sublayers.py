@@ -9,10 +9,10 @@ from transformers import AutoModelForCausalLM
 
 from hf_prune import save_pruned
 from hf_prune.adapters import get_adapter
-from hf_prune.checkpoint import as_pruned_model
-from hf_prune.masks import GroupMasks, keep_masks
+from hf_prune.cut.masks import GroupMasks, keep_masks
+from hf_prune.cut.relabel import as_pruned_model
+from hf_prune.cut.surgery import apply_plan, ensure_bias
 from hf_prune.modeling import RemovedSublayer
-from hf_prune.surgery import apply_plan, ensure_bias
 
 from ._subprocess import run_without_hf_prune
 from .conftest import make_model, random_plan

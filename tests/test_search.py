@@ -12,14 +12,15 @@ from transformers import AutoModelForCausalLM
 
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
-from hf_prune.cli import main
+from hf_prune.cut.apply import apply_pruning
+from hf_prune.cut.masks import GroupMasks, keep_masks
 from hf_prune.errors import BudgetError, ConfigError
-from hf_prune.masks import GroupMasks, keep_masks
 from hf_prune.modeling import RemovedSublayer
-from hf_prune.pruner import apply_pruning, make_plan
-from hf_prune.search.knapsack import Option, solve
-from hf_prune.search.costs import CostMeter, SweepCostMeter
-from hf_prune.search.planner import ScopeChoices, coarse_counts, finer_counts, give_back_surplus, keep_top
+from hf_prune.plan.planner import make_plan
+from hf_prune.plan.search.costs import CostMeter, SweepCostMeter
+from hf_prune.plan.search.knapsack import Option, solve
+from hf_prune.plan.search.planner import ScopeChoices, coarse_counts, finer_counts, give_back_surplus, keep_top
+from hf_prune.run.cli import main
 
 from .conftest import make_model
 
@@ -247,12 +248,12 @@ def test_offloaded_model_from_the_command_line_is_cut_in_cpu_memory(capsys, tmp_
     memory for the cut (accelerate's store holds the real weights): the checkpoint equals the in-memory run's."""
     from accelerate import cpu_offload
 
-    import hf_prune.pipeline
+    import hf_prune.run.stages
 
     argv = ["--target", "search", "--sparsity", "0.35", "--mlp-levels", "4", "--refine-rounds", "1",
             "--calibration-samples", "8", "--seq-len", "64", "--sequential"]
     assert main([*argv, "--output", str(tmp_path / "in_memory")]) == 0
-    load_model, calls = hf_prune.pipeline.load_model, []
+    load_model, calls = hf_prune.run.stages.load_model, []
 
     def offloading(*args, device_map=None, **kwargs):
         model, tokenizer = load_model(*args, device_map=device_map, **kwargs)
@@ -261,7 +262,7 @@ def test_offloaded_model_from_the_command_line_is_cut_in_cpu_memory(capsys, tmp_
             cpu_offload(model, execution_device=torch.device("cpu"))
         return model, tokenizer
 
-    monkeypatch.setattr(hf_prune.pipeline, "load_model", offloading)
+    monkeypatch.setattr(hf_prune.run.stages, "load_model", offloading)
     capsys.readouterr()
     assert main([*argv, "--output", str(tmp_path / "offloaded")]) == 0
     assert "reloading" in capsys.readouterr().out and len(calls) == 2 and calls[1] is None

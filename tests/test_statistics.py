@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_prune.adapters import get_adapter
-from hf_prune.statistics import ChannelStatistics, collect_channel_statistics
+from hf_prune.calibration.statistics import ChannelStatistics, collect_channel_statistics
 from hf_prune.testing import save_tiny_checkpoint, write_calibration_file
 
 from ._subprocess import HF_PRUNE_ON_TWO_PROCESSES

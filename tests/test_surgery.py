@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hf_prune.adapters import get_adapter
-from hf_prune.masks import GroupMasks, keep_masks
-from hf_prune.surgery import apply_plan, block_indices, prune_scope
+from hf_prune.cut.masks import GroupMasks, keep_masks
+from hf_prune.cut.surgery import apply_plan, block_indices, prune_scope
 from hf_prune.errors import BudgetError
 
 from .conftest import make_model, random_plan

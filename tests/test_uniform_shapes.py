@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_prune.cli import main
+from hf_prune.run.cli import main
 from hf_prune.testing import save_tiny_checkpoint
 
 from ._subprocess import run_without_hf_prune

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_prune.adapters import PrunableScope
-from hf_prune.compensation import fold_removed_means
+from hf_prune.adapters import PrunableScope, prunable_parameters
+from hf_prune.cut.compensation import fold_removed_means
+from hf_prune.cut.surgery import apply_plan
 from hf_prune.errors import BudgetError
-from hf_prune.surgery import apply_plan
 
 
 @dataclass
 class BaselinePlan:
-    """A peer's decision. ``kept`` has the format of ``hf_prune.pruner.PruningPlan.kept`` (scope name ->
+    """A peer's decision. ``kept`` has the format of ``hf_prune.cut.apply.PruningPlan.kept`` (scope name ->
     sorted kept group indices); ``channel_means`` (consumer input means, per scope) is set by methods
     that compensate the removed channels' mean in a bias (FLAP); ``removed_layers`` by depth pruning
     (ShortGPT), whose layers are replaced by the identity instead."""
@@ -40,10 +40,6 @@ def params_per_group(model: nn.Module, scopes: Sequence[PrunableScope]) -> dict[
     return {scope.name: scope.params_per_group(model) for scope in scopes}
 
 
-def total_prunable(model: nn.Module, scopes: Sequence[PrunableScope]) -> int:
-    return sum(scope.num_groups * scope.params_per_group(model) for scope in scopes)
-
-
 def removed_params(model: nn.Module, scopes: Sequence[PrunableScope], plan: BaselinePlan) -> int:
     """Prunable parameters the plan removes (a removed layer removes all of its groups)."""
     removed = 0
@@ -57,12 +53,7 @@ def removed_params(model: nn.Module, scopes: Sequence[PrunableScope], plan: Base
 
 def achieved_sparsity(model: nn.Module, scopes: Sequence[PrunableScope], plan: BaselinePlan) -> float:
     """Removed share of the prunable (attention + MLP) parameters, as hf-prune reports it."""
-    return removed_params(model, scopes, plan) / total_prunable(model, scopes)
-
-
-def top_k(scores: torch.Tensor, keep: int) -> list[int]:
-    """Indices of the ``keep`` highest scores, ascending; ties to the lower index (stable sort)."""
-    return sorted(torch.sort(scores, descending=True, stable=True).indices[:keep].tolist())
+    return removed_params(model, scopes, plan) / prunable_parameters(model, list(scopes))
 
 
 def check_kept_count(scope: PrunableScope, keep: int) -> int:
@@ -82,7 +73,7 @@ def fill_mlp_to_budget(
     rounds hard (one group is a third of SmolLM2's attention), so at a *matched* budget the MLP absorbs
     the rounding. The result is within one neuron per MLP scope of the budget.
     """
-    target = sparsity * total_prunable(model, scopes) - attention_removed
+    target = sparsity * prunable_parameters(model, list(scopes)) - attention_removed
     cost = sum(scope.params_per_group(model) for scope in mlp_scopes)  # one neuron in every MLP scope
     per_scope = max(0, int(round(target / cost)))
     return {scope.name: per_scope for scope in mlp_scopes}

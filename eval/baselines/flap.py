@@ -40,10 +40,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hf_prune.adapters import PrunableScope
-from hf_prune.statistics import CalibrationStatistics
+from hf_prune.adapters import PrunableScope, prunable_parameters
+from hf_prune.calibration.statistics import CalibrationStatistics
 
-from .common import BaselinePlan, total_prunable
+from .common import BaselinePlan
 
 
 def standardize(rows: torch.Tensor) -> torch.Tensor:
@@ -108,10 +108,10 @@ def flap_plan(
     *, compensate: bool = True,
 ) -> BaselinePlan:
     """FLAP's plan at ``sparsity`` (share of all attention + MLP parameters removed); ``stats`` are
-    channel statistics of the dense model (``hf_prune.statistics.collect_channel_statistics``)."""
+    channel statistics of the dense model (``hf_prune.calibration.statistics.collect_channel_statistics``)."""
     scores = flap_group_scores(model, scopes, stats)
     cost = {scope.name: scope.params_per_group(model) for scope in scopes}
-    keep_params = (1.0 - sparsity) * total_prunable(model, scopes)
+    keep_params = (1.0 - sparsity) * prunable_parameters(model, list(scopes))
     kept, threshold, forced = global_threshold_plan(scopes, scores, cost, keep_params)
     means = {scope.name: stats.channels[scope.name].mean for scope in scopes} if compensate else None
     return BaselinePlan("flap", kept, means, details={"threshold": threshold, "forced_keeps": forced,

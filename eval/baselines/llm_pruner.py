@@ -38,8 +38,9 @@ from torch import nn
 
 from hf_prune.adapters import PrunableScope
 from hf_prune.errors import BudgetError
+from hf_prune.plan.importance import top_groups
 
-from .common import BaselinePlan, check_kept_count, fill_mlp_to_budget, top_k
+from .common import BaselinePlan, check_kept_count, fill_mlp_to_budget
 
 LLAMA7B_LAYERS, SKIP_FIRST, SKIP_LAST = 32, 4, 2
 
@@ -125,6 +126,6 @@ def llm_pruner_plan(
     if grads is None:
         grads = elementwise_taylor_gradients(model, selected, calibration, batch_size)
     scores = {s.name: taylor_group_scores(model, s, grads) for s in selected}
-    kept = {s.name: top_k(scores[s.name], check_kept_count(s, s.num_groups - remove[s.name])) for s in selected}
+    kept = {s.name: top_groups(scores[s.name], check_kept_count(s, s.num_groups - remove[s.name])) for s in selected}
     return BaselinePlan("llm-pruner", kept, details={"ratio_in_pruned_layers": ratio, "layers": [layers.start, layers.stop],
                                                      "match_budget": match_budget, "scores": scores})

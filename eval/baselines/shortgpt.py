@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hf_prune.adapters import PrunableScope
+from hf_prune.adapters import PrunableScope, prunable_parameters
 
-from .common import BaselinePlan, hidden_of, total_prunable
+from .common import BaselinePlan, hidden_of
 
 
 @torch.no_grad()
@@ -73,7 +73,7 @@ def shortgpt_plan(model: nn.Module, scopes: Sequence[PrunableScope], layers: nn.
     for scope in scopes:
         per_layer[scope.layer] += scope.num_groups * scope.params_per_group(model)
     mean_layer = sum(per_layer) / len(per_layer)
-    count = min(len(layers) - 1, max(0, round(sparsity * total_prunable(model, scopes) / mean_layer)))
+    count = min(len(layers) - 1, max(0, round(sparsity * prunable_parameters(model, list(scopes)) / mean_layer)))
     bi = bi if bi is not None else block_influence(model, layers, calibration, batch_size)
     removed = sorted(torch.sort(bi, stable=True).indices[:count].tolist())
     return BaselinePlan("shortgpt", removed_layers=removed, details={"block_influence": bi.tolist(), "layers_removed": count})

@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 from hf_prune.adapters import PrunableScope
-from hf_prune.masks import GroupMasks, keep_masks
-from hf_prune.statistics import ChannelStatistics, first_layer_inputs
+from hf_prune.calibration.statistics import ChannelStatistics, first_layer_inputs
+from hf_prune.cut.masks import GroupMasks, keep_masks
+from hf_prune.plan.importance import top_groups
 
-from .common import BaselinePlan, check_kept_count, fill_mlp_to_budget, run_layer, top_k
+from .common import BaselinePlan, check_kept_count, fill_mlp_to_budget, run_layer
 
 
 def wanda_sp_scores(model: nn.Module, scope: PrunableScope, channels: ChannelStatistics) -> torch.Tensor:
@@ -85,7 +86,7 @@ def wanda_sp_plan(
                     handle.remove()
             for scope in layer_scopes:
                 keep = check_kept_count(scope, scope.num_groups - remove[scope.name])
-                kept[scope.name] = top_k(wanda_sp_scores(model, scope, channels[scope.name]), keep)
+                kept[scope.name] = top_groups(wanda_sp_scores(model, scope, channels[scope.name]), keep)
             masks.append(GroupMasks(model, layer_scopes, keep_masks(layer_scopes, {s.name: kept[s.name]
                                                                                     for s in layer_scopes})).attach())
             inputs = run_layer(layer, inputs)  # the pruned layer's output feeds the next layer

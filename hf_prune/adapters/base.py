@@ -104,3 +104,13 @@ class ModelAdapter(ABC):
     def stock_config_values(self, model: nn.Module) -> dict[str, int]:
         """The config fields of the family's stock (unpruned) class that describe ``model``'s current shapes,
         when every layer has the same counts and no sublayer was removed; otherwise a ConfigError saying why."""
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def prunable_parameters(model: nn.Module, scopes: list[PrunableScope]) -> int:
+    """Parameters the scopes' groups own: what a sparsity is a share of."""
+    return sum(scope.num_groups * scope.params_per_group(model) for scope in scopes)

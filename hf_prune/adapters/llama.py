@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..modeling.modeling_hf_prune import RemovedSublayer
+from ..modeling import RemovedSublayer
 from .base import COLUMNS, ROWS, LinearSlice, ModelAdapter, PrunableScope
 from .weights import AttentionWeights, DecoderWeights, LayerWeights, MLPWeights, RemovedWeights
 

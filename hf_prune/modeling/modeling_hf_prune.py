@@ -1,8 +1,11 @@
-"""Config and model classes of pruned Llama / Mistral / Qwen2 / Qwen3 checkpoints.
+"""Config and model classes of pruned checkpoints, one pair per model family, derived from the family's own.
 
 A structurally pruned checkpoint has Linear layers whose shapes differ from layer to layer, which no
 decoder config of transformers can express. Each class here is a thin subclass of the family's own
-config / causal-LM class that adds two fields, ``pruned_linear_shapes`` (module path ->
+config / causal-LM class (``PrunedLlamaConfig`` / ``PrunedLlamaForCausalLM`` of ``LlamaConfig`` /
+``LlamaForCausalLM``, model_type ``hf_prune_llama``), built on first use from transformers' own
+``model_type`` tables, so no family is named here: hf-prune's adapters decide which families are supported.
+It adds two fields, ``pruned_linear_shapes`` (module path ->
 ``[out_features, in_features, has_bias]``) and ``pruned_removed_sublayers`` (module path of an attention
 or MLP sublayer that lost every group -> how to rebuild its stand-in), and rebuilds those modules in
 ``post_init`` —
@@ -12,7 +15,8 @@ wrong shape.
 
 This file is copied next to the weights by ``save_pretrained`` (the classes are registered with
 ``register_for_auto_class``), so a user without hf_prune can load a pruned checkpoint with
-``trust_remote_code=True``. It must therefore import nothing but torch and transformers.
+``trust_remote_code=True``: transformers then asks this module for ``PrunedLlamaForCausalLM`` by name, and the
+module-level ``__getattr__`` builds it. It must therefore import nothing but torch and transformers.
 
 Nothing here knows what a "head" or a "neuron" is: the adapters of hf_prune decide which slices are
 cut; this file only reproduces the resulting shapes.
@@ -20,21 +24,20 @@ cut; this file only reproduces the resulting shapes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
+import transformers
 from torch import nn
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import CONFIG_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING
 
 SHAPES_FIELD = "pruned_linear_shapes"
 REMOVED_FIELD = "pruned_removed_sublayers"
+REPORT_FIELD = "hf_prune"
+#: model_type of a pruned checkpoint = this + its family's model_type; class names = "Pruned" + the family's
+MODEL_TYPE_PREFIX = "hf_prune_"
+CLASS_PREFIX = "Pruned"
 
 
 class RemovedSublayer(nn.Module):
@@ -142,66 +145,62 @@ class PrunedShapesMixin:
         super().post_init()
 
     def push_to_hub(self, repo_id: str, *args, **kwargs):
-        """With hf_prune installed, upload what ``hf-prune --push-to-hub`` uploads (checkpoint, tokenizer —
-        ``tokenizer=`` or the source model's —, this modeling file, hf-prune's model card); without it,
-        transformers' own ``push_to_hub``."""
-        try:
-            from hf_prune.hub import push_pruned_model
-        except ImportError:
+        """With hf_prune installed and imported, upload what ``hf-prune --push-to-hub`` uploads (checkpoint,
+        tokenizer — ``tokenizer=`` or the source model's —, this modeling file, hf-prune's model card); without
+        it, transformers' own ``push_to_hub``."""
+        if _push_handler is None:
             return super().push_to_hub(repo_id, *args, **kwargs)
         if args:
             raise TypeError("push_to_hub of a pruned model takes repo_id and keyword arguments only")
-        return push_pruned_model(self, repo_id, **kwargs)
+        return _push_handler(self, repo_id, **kwargs)
 
 
-class PrunedLlamaConfig(LlamaConfig):
-    model_type = "hf_prune_llama"
-    pruned_linear_shapes: dict | None = None
-    pruned_removed_sublayers: dict | None = None
-    hf_prune: dict | None = None
+#: what ``push_to_hub`` of a pruned model calls instead of transformers' upload; hf_prune sets it when imported
+#: (this file may not import hf_prune: it is also loaded as remote code where hf_prune is not installed)
+_push_handler: Callable[..., str] | None = None
 
 
-class PrunedMistralConfig(MistralConfig):
-    model_type = "hf_prune_mistral"
-    pruned_linear_shapes: dict | None = None
-    pruned_removed_sublayers: dict | None = None
-    hf_prune: dict | None = None
+def set_push_handler(handler: Callable[..., str] | None) -> None:
+    global _push_handler
+    _push_handler = handler
 
 
-class PrunedQwen2Config(Qwen2Config):
-    model_type = "hf_prune_qwen2"
-    pruned_linear_shapes: dict | None = None
-    pruned_removed_sublayers: dict | None = None
-    hf_prune: dict | None = None
+_CLASSES: dict[str, tuple[type, type]] = {}
 
 
-class PrunedQwen3Config(Qwen3Config):
-    model_type = "hf_prune_qwen3"
-    pruned_linear_shapes: dict | None = None
-    pruned_removed_sublayers: dict | None = None
-    hf_prune: dict | None = None
+def pruned_classes(model_type: str) -> tuple[type, type]:
+    """The (config, causal-LM) classes of pruned checkpoints of the family whose dense or pruned ``model_type``
+    this is, subclasses of the family's own two classes; built once, and made attributes of this module (where
+    ``save_pretrained`` and remote code look them up by name)."""
+    family = model_type.removeprefix(MODEL_TYPE_PREFIX)
+    if family not in _CLASSES:
+        config_base = CONFIG_MAPPING[family]
+        model_base = MODEL_FOR_CAUSAL_LM_MAPPING[config_base]
+        fields = (SHAPES_FIELD, REMOVED_FIELD, REPORT_FIELD)
+        config_cls = _subclass(config_base, {
+            "model_type": MODEL_TYPE_PREFIX + family,
+            "__annotations__": dict.fromkeys(fields, "dict | None"),  # configs are dataclasses: fields are declared
+            **dict.fromkeys(fields),
+        })
+        model_cls = _subclass(model_base, {"config_class": config_cls}, mixin=PrunedShapesMixin)
+        _CLASSES[family] = (config_cls, model_cls)
+    return _CLASSES[family]
 
 
-class PrunedLlamaForCausalLM(PrunedShapesMixin, LlamaForCausalLM):
-    config_class = PrunedLlamaConfig
+def _subclass(base: type, namespace: dict[str, Any], mixin: type | None = None) -> type:
+    name = CLASS_PREFIX + base.__name__
+    cls = type(name, (*((mixin,) if mixin else ()), base), {"__module__": __name__, "__qualname__": name, **namespace})
+    globals()[name] = cls
+    return cls
 
 
-class PrunedMistralForCausalLM(PrunedShapesMixin, MistralForCausalLM):
-    config_class = PrunedMistralConfig
-
-
-class PrunedQwen2ForCausalLM(PrunedShapesMixin, Qwen2ForCausalLM):
-    config_class = PrunedQwen2Config
-
-
-class PrunedQwen3ForCausalLM(PrunedShapesMixin, Qwen3ForCausalLM):
-    config_class = PrunedQwen3Config
-
-
-#: base model_type -> (pruned config class, pruned causal-LM class)
-PRUNED_CLASSES: dict[str, tuple[type, type]] = {
-    "llama": (PrunedLlamaConfig, PrunedLlamaForCausalLM),
-    "mistral": (PrunedMistralConfig, PrunedMistralForCausalLM),
-    "qwen2": (PrunedQwen2Config, PrunedQwen2ForCausalLM),
-    "qwen3": (PrunedQwen3Config, PrunedQwen3ForCausalLM),
-}
+def __getattr__(name: str) -> type:
+    """``PrunedLlamaForCausalLM``, ``PrunedQwen3Config``, ...: the pruned class of the transformers class named
+    after the prefix (how ``trust_remote_code`` and ``save_pretrained``'s ``auto_map`` find them)."""
+    base = getattr(transformers, name.removeprefix(CLASS_PREFIX), None) if name.startswith(CLASS_PREFIX) else None
+    model_type = getattr(base, "model_type", None) or getattr(getattr(base, "config_class", None), "model_type", None)
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        pruned_classes(model_type)
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,30 +6,27 @@
 - :mod:`.reference_loop` — plain torch re-implementations that check lm-eval, and the unigram floor;
 - :mod:`.retention` — dense vs pruned (vs recovered) per task, and the quality gate.
 
-Names are imported on first use: lm-eval takes seconds to import.
+lm-eval itself is imported only when a model is scored (it takes seconds to import).
 """
 
-from __future__ import annotations
+from .harness import (
+                      TaskScore,
+                      evaluate,
+                      flat_metrics,
+                      headline_scores,
+                      make_lm,
+                      model_max_length,
+                      retention,
+                      run_lm_eval,
+)
+from .local_tasks import LOCAL_TASKS, NEXT_SENTENCE_TASK, PERPLEXITY_TASK, build_next_sentence_items, split_sentences
+from .paired import fixed_token_set, load_token_set, paired_comparison, paired_perplexity, save_token_set, window_nll
+from .reference_loop import rolling_loglikelihood, unigram_perplexity
+from .retention import retention_markdown, retention_table
 
-from importlib import import_module
-from typing import Any
-
-_EXPORTS = {
-    "TaskScore": ".harness", "evaluate": ".harness", "flat_metrics": ".harness", "headline_scores": ".harness",
-    "make_lm": ".harness", "model_max_length": ".harness", "retention": ".harness", "run_lm_eval": ".harness",
-    "LOCAL_TASKS": ".local_tasks", "NEXT_SENTENCE_TASK": ".local_tasks", "PERPLEXITY_TASK": ".local_tasks",
-    "build_next_sentence_items": ".local_tasks", "split_sentences": ".local_tasks",
-    "fixed_token_set": ".paired", "load_token_set": ".paired", "paired_comparison": ".paired",
-    "paired_perplexity": ".paired", "save_token_set": ".paired", "window_nll": ".paired",
-    "rolling_loglikelihood": ".reference_loop", "unigram_perplexity": ".reference_loop",
-    "retention_markdown": ".retention", "retention_table": ".retention",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = list(_EXPORTS)
+__all__ = [
+    "LOCAL_TASKS", "NEXT_SENTENCE_TASK", "PERPLEXITY_TASK", "TaskScore", "build_next_sentence_items", "evaluate",
+    "fixed_token_set", "flat_metrics", "headline_scores", "load_token_set", "make_lm", "model_max_length",
+    "paired_comparison", "paired_perplexity", "retention", "retention_markdown", "retention_table", "run_lm_eval",
+    "rolling_loglikelihood", "save_token_set", "split_sentences", "unigram_perplexity", "window_nll",
+]

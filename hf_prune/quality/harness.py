@@ -21,6 +21,7 @@ from typing import Any
 
 from ..corpus import load_documents, resolve_split_file
 from ..errors import ConfigError, first_line
+from ..runtime.modes import eval_mode
 from .local_tasks import LOCAL_TASKS, NEXT_SENTENCE_TASK, PERPLEXITY_TASK, write_runtime_tasks
 
 logger = logging.getLogger(__name__)
@@ -82,18 +83,14 @@ def run_lm_eval(
     with tempfile.TemporaryDirectory(prefix="hfprune_tasks_") as tmp:
         write_runtime_tasks(Path(tmp), docs, local, mc_items)
         manager = _task_manager(Path(tmp), tasks)
-        was_training = model.training
-        model.eval()
         try:
-            with _no_git_probe():
+            with eval_mode(model), _no_git_probe():
                 return simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                                        bootstrap_iters=0, log_samples=True, random_seed=None,
                                        numpy_random_seed=None, torch_random_seed=None)
         except (ConnectionError, FileNotFoundError) as error:  # a task's dataset: offline, or not on the Hub
             raise ConfigError(f"lm-eval could not load the data of {', '.join(tasks)}: {first_line(error)}; go "
                               f"online (or pre-download it), or use the local tasks {', '.join(LOCAL_TASKS)}") from error
-        finally:
-            model.train(was_training)
 
 
 @contextmanager

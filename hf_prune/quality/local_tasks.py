@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PERPLEXITY_TASK = "hfprune_perplexity"
-NEXT_SENTENCE_TASK = "hfprune_next_sentence"
-LOCAL_TASKS: tuple[str, ...] = (PERPLEXITY_TASK, NEXT_SENTENCE_TASK)
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+import yaml
+
+from ..tasks import LOCAL_TASKS, NEXT_SENTENCE_TASK, PERPLEXITY_TASK, TASKS_DIR
 
 _SENT_RE = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)]*\s+|\n+")
 
@@ -79,8 +78,6 @@ def write_runtime_tasks(workdir: Path, docs: list[str], tasks: Sequence[str], mc
 
     The documents are written out as JSON lines whatever file they came from (a ``.txt`` file too).
     """
-    import yaml
-
     data = {PERPLEXITY_TASK: workdir / "heldout.jsonl"}
     with open(data[PERPLEXITY_TASK], "w", encoding="utf-8") as fh:
         for doc in docs:
@@ -95,3 +92,7 @@ def write_runtime_tasks(workdir: Path, docs: list[str], tasks: Sequence[str], mc
         cfg = yaml.safe_load((TASKS_DIR / f"{name}.yaml").read_text())
         cfg.setdefault("dataset_kwargs", {})["data_files"] = {"test": str(data[name])}
         (workdir / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+__all__ = ["LOCAL_TASKS", "NEXT_SENTENCE_TASK", "PERPLEXITY_TASK", "build_next_sentence_items", "split_sentences",
+           "write_runtime_tasks"]

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ..corpus import load_documents, resolve_split_file
-from ..offload import execution_device
+from ..runtime.modes import eval_mode
+from ..runtime.offload import execution_device
 
 
 def fixed_token_set(
@@ -61,18 +62,14 @@ def load_token_set(path: str | Path) -> torch.Tensor:
 def window_nll(model, token_set: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
     """Mean next-token NLL of every window (``[num_windows]`` float64), in order."""
     device = execution_device(model)
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         for batch in token_set.split(batch_size):
             batch = batch.to(device)
             logits = model(input_ids=batch).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="none")
             out.append(nll.view(batch.size(0), -1).double().mean(dim=1).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 

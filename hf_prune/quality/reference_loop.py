@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..corpus import load_documents, resolve_split_file
-from ..offload import execution_device
+from ..runtime.offload import execution_device
 from .harness import model_max_length
 
 

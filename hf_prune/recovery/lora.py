@@ -19,8 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import RecoveryOptions
-from ..offload import execution_device
 from ..quality.paired import paired_perplexity
+from ..runtime.offload import execution_device
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def recover_with_lora(
     steps (the order restarts when the rows run out). The model's own weights stay frozen; only the
     adapters train, so memory is that of the frozen model plus the adapters and their Adam state.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # deferred: peft imports bitsandbytes, needed only here
 
     before = paired_perplexity(model, token_set=eval_ids, batch_size=options.batch_size)
     lora = LoraConfig(r=options.rank, lora_alpha=options.alpha or 2 * options.rank, lora_dropout=0.0,
@@ -66,11 +66,30 @@ def recover_with_lora(
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    _train(peft_model, trainable, train_ids, options, seed)
+    with_adapter = paired_perplexity(peft_model, token_set=eval_ids, batch_size=options.batch_size)
+    kept = with_adapter < before
+    _merge_or_discard(model, peft_model, kept)
+    seconds = time.perf_counter() - started
+    after = paired_perplexity(model, token_set=eval_ids, batch_size=options.batch_size)
+    if not kept:
+        logger.warning("LoRA recovery did not lower the perplexity of the %d held-out rows (%.3f -> %.3f); the "
+                       "adapter was discarded and the cut model is kept as it was", eval_ids.shape[0], before,
+                       with_adapter)
+    logger.info("LoRA recovery: perplexity %.3f -> %.3f on %d held-out rows in %.1fs", before, after,
+                eval_ids.shape[0], seconds)
+    return RecoveryResult("lora", before, after, options.steps, sum(p.numel() for p in trainable),
+                          options.steps * options.batch_size * train_ids.shape[1], seconds, kept)
+
+
+def _train(peft_model: nn.Module, trainable: list[nn.Parameter], train_ids: torch.Tensor, options: RecoveryOptions,
+           seed: int) -> None:
+    """``options.steps`` AdamW steps on the next-token loss, rows in a seeded order."""
     optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
-    device = execution_device(model)
+    device = execution_device(peft_model)
     order: list[int] = []
-    started = time.perf_counter()
     peft_model.train()
     bar = tqdm(range(options.steps), desc="LoRA recovery", unit="step", leave=False)
     for _ in bar:
@@ -84,23 +103,14 @@ def recover_with_lora(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    with_adapter = paired_perplexity(peft_model, token_set=eval_ids, batch_size=options.batch_size)
-    kept = with_adapter < before
-    # keep the adapter only if it helped on the held-out rows of the recovery text (never judged on the
-    # evaluation tasks, which may be a test split); merged, the saved model is a plain checkpoint
+
+
+def _merge_or_discard(model: nn.Module, peft_model: nn.Module, kept: bool) -> None:
+    """Keep the adapter only if it helped on the held-out rows of the recovery text (never judged on the
+    evaluation tasks, which may be a test split); merged, the saved model is a plain checkpoint."""
     result_model = peft_model.merge_and_unload() if kept else peft_model.unload()
     if result_model is not model:  # peft edits the model in place and hands the same object back
         raise RuntimeError("peft returned a new model object; hf-prune expects the model edited in place")
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # as from_pretrained leaves them; peft froze them for training
-    seconds = time.perf_counter() - started
-    after = paired_perplexity(model, token_set=eval_ids, batch_size=options.batch_size)
-    if not kept:
-        logger.warning("LoRA recovery did not lower the perplexity of the %d held-out rows (%.3f -> %.3f); the "
-                       "adapter was discarded and the cut model is kept as it was", eval_ids.shape[0], before,
-                       with_adapter)
-    logger.info("LoRA recovery: perplexity %.3f -> %.3f on %d held-out rows in %.1fs", before, after,
-                eval_ids.shape[0], seconds)
-    return RecoveryResult("lora", before, after, options.steps, sum(p.numel() for p in trainable),
-                          options.steps * options.batch_size * train_ids.shape[1], seconds, kept)

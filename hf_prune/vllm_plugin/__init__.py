@@ -9,11 +9,13 @@ no vLLM, imports this module.
 
 from __future__ import annotations
 
-#: architecture string in a pruned config.json -> the vLLM model class that serves it
+from ..adapters import FAMILIES
+from ..modeling import pruned_classes
+
+#: architecture string in a pruned config.json -> the vLLM model class that serves it, one per supported family
 ARCHITECTURES = {
     name: f"hf_prune.vllm_plugin.model:{name}"
-    for name in ("PrunedLlamaForCausalLM", "PrunedMistralForCausalLM", "PrunedQwen2ForCausalLM",
-                 "PrunedQwen3ForCausalLM")
+    for name in (pruned_classes(model_type)[1].__name__ for model_type in FAMILIES)
 }
 
 
@@ -21,11 +23,10 @@ def register() -> None:
     """Register the pruned architectures with vLLM, and the ``hf_prune_*`` configs with transformers.
 
     vLLM reads a config whose model_type it does not know with ``AutoConfig.from_pretrained``; without
-    trust_remote_code that refuses the checkpoint's ``auto_map``. Importing :mod:`hf_prune.modeling`
-    registers the pruned config classes with ``AutoConfig``, so no remote code is needed.
+    trust_remote_code that refuses the checkpoint's ``auto_map``. Importing :mod:`hf_prune.adapters` (above)
+    registered the pruned config classes with ``AutoConfig``, so no remote code is needed.
     """
-    import hf_prune.modeling  # noqa: F401  (AutoConfig.register of hf_prune_llama, ...)
-    from vllm import ModelRegistry
+    from vllm import ModelRegistry  # deferred: vLLM is installed only beside the engine
 
     supported = set(ModelRegistry.get_supported_archs())
     for architecture, target in ARCHITECTURES.items():

@@ -7,11 +7,11 @@ LM head, weight loading with the stacked ``qkv_proj`` / ``gate_up_proj`` mapping
 decoder layer: :class:`PrunedDecoderLayer` reuses ``LlamaDecoderLayer.forward`` and builds its two
 sublayers from vLLM's own modules at the shapes :mod:`.specs` reads from the config:
 
-* attention: ``LlamaAttention`` (Llama, and Qwen2, which is Llama with q/k/v biases: vLLM's
-  ``Qwen2Attention`` derives head_dim from hidden_size / num_heads, wrong once heads are cut),
-  ``MistralAttention`` (Mistral; its sliding window reaches the attention through vLLM's model-level
-  ``cache_config.sliding_window``) or ``Qwen3Attention`` (q/k norm); each gets a per-layer copy of the
-  config with this layer's head counts and an explicit head_dim;
+* attention: the module the family's entry names (``Family.vllm_attention``): ``LlamaAttention`` (Llama, and
+  Qwen2, which is Llama with q/k/v biases: vLLM's ``Qwen2Attention`` derives head_dim from hidden_size /
+  num_heads, wrong once heads are cut), ``MistralAttention`` (its sliding window reaches the attention through
+  vLLM's model-level ``cache_config.sliding_window``) or ``Qwen3Attention`` (q/k norm); each gets a per-layer copy
+  of the config with this layer's head counts and an explicit head_dim;
 * MLP: ``MistralMLP``, the stock MLP with separate gate/up and down bias flags, so a ``down_proj`` bias
   added by FLAP compensation loads without inventing gate/up biases;
 * ``o_proj`` bias (compensation) where the stock attention has no flag for it (Qwen3): a biased
@@ -37,6 +37,7 @@ from vllm.model_executor.models.qwen3 import Qwen3Attention
 from vllm.model_executor.models.utils import extract_layer_index
 from vllm.v1.attention.backend import AttentionType
 
+from . import ARCHITECTURES
 from .specs import AttentionSpec, LayerSpec, MLPSpec, RemovedSpec, family, layer_spec
 
 
@@ -85,7 +86,8 @@ def _attention(config, spec: LayerSpec, vllm_config: VllmConfig, prefix: str) ->
     common = dict(hidden_size=config.hidden_size, num_heads=attn.num_heads, num_kv_heads=attn.num_kv_heads,
                   cache_config=vllm_config.cache_config, quant_config=vllm_config.quant_config,
                   prefix=f"{prefix}.self_attn", attn_type=AttentionType.DECODER)
-    if family(config) == "qwen3":
+    kind = family(config).vllm_attention
+    if kind == "qwen3":
         module = Qwen3Attention(rope_parameters=config.rope_parameters, max_position=config.max_position_embeddings,
                                 head_dim=attn.head_dim, rms_norm_eps=config.rms_norm_eps, qkv_bias=attn.qkv_bias,
                                 per_layer_sliding_window=spec.sliding_window, **common)
@@ -94,7 +96,7 @@ def _attention(config, spec: LayerSpec, vllm_config: VllmConfig, prefix: str) ->
                                               quant_config=vllm_config.quant_config,
                                               prefix=f"{prefix}.self_attn.o_proj")
         return module
-    attention_cls = MistralAttention if family(config) == "mistral" else LlamaAttention
+    attention_cls = MistralAttention if kind == "mistral" else LlamaAttention
     return attention_cls(config=layer_config, max_position_embeddings=config.max_position_embeddings,
                          bias=attn.qkv_bias, bias_o_proj=attn.o_bias, **common)
 
@@ -139,18 +141,10 @@ class PrunedForCausalLM(LlamaForCausalLM):
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=PrunedDecoderLayer)
 
 
-# One name per architecture string that hf-prune writes into config.json.
-class PrunedLlamaForCausalLM(PrunedForCausalLM):
-    pass
-
-
-class PrunedMistralForCausalLM(PrunedForCausalLM):
-    pass
-
-
-class PrunedQwen2ForCausalLM(PrunedForCausalLM):
-    pass
-
-
-class PrunedQwen3ForCausalLM(PrunedForCausalLM):
-    pass
+def __getattr__(name: str) -> type:
+    """One class per architecture string hf-prune writes into config.json (``PrunedLlamaForCausalLM``, ...), as
+    vLLM looks them up by name: :class:`PrunedForCausalLM` under that name, made on first use."""
+    if name not in ARCHITECTURES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = type(name, (PrunedForCausalLM,), {"__module__": __name__, "__qualname__": name})
+    return globals()[name]

@@ -5,7 +5,8 @@ layer's head count, KV-head count, MLP width and biases from ``config.json``. Th
 pruned config (``pruned_linear_shapes``, ``pruned_removed_sublayers``) into one :class:`LayerSpec` per
 layer. It does not import vLLM, so the main test suite checks it against real pruned models.
 
-What hf-prune guarantees and this module relies on: head_dim never changes, so a layer's query / KV
+The family's facts come from its entry in :mod:`hf_prune.adapters.families` and from transformers' own classes,
+never from a family name written here. What hf-prune guarantees and this module relies on: head_dim never changes, so a layer's query / KV
 head counts are ``q_proj.out_features // head_dim`` / ``k_proj.out_features // head_dim``; a module
 missing from ``pruned_linear_shapes`` (its sublayer was not pruned) has the dense shape and the family's
 stock biases.
@@ -13,12 +14,17 @@ stock biases.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..modeling.modeling_hf_prune import REMOVED_FIELD, SHAPES_FIELD
+import torch
+from transformers import CONFIG_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING
 
-PREFIX = "hf_prune_"
+from ..adapters import Family, family_of
+from ..cut.relabel import CLASS_KEYS
+from ..modeling import REMOVED_FIELD, SHAPES_FIELD
 
 
 @dataclass(frozen=True)
@@ -58,33 +64,30 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
     return getattr(config, name, default)
 
 
-def family(config: Any) -> str:
-    """The base family (``llama``, ``mistral``, ``qwen2``, ``qwen3``) of a pruned or dense config."""
-    model_type = _get(config, "model_type", "")
-    base = model_type[len(PREFIX):] if model_type.startswith(PREFIX) else model_type
-    if base not in ("llama", "mistral", "qwen2", "qwen3"):
-        raise ValueError(f"hf-prune's vLLM plugin serves llama, mistral, qwen2 and qwen3 models, not {model_type!r}")
-    return base
+def family(config: Any) -> Family:
+    """The family entry (:mod:`hf_prune.adapters.families`) of a pruned or dense config."""
+    return family_of(str(_get(config, "model_type", "")))
 
 
 def dense_biases(config: Any) -> dict[str, bool]:
-    """Which projections of an unpruned layer carry a bias, as transformers' modeling files build them."""
-    name = family(config)
-    attention_bias = bool(_get(config, "attention_bias", False))
-    mlp_bias = bool(_get(config, "mlp_bias", False))
-    if name == "llama":
-        attention = dict.fromkeys(("q_proj", "k_proj", "v_proj", "o_proj"), attention_bias)
-        mlp = dict.fromkeys(("gate_proj", "up_proj", "down_proj"), mlp_bias)
-    elif name == "qwen2":
-        attention = {"q_proj": True, "k_proj": True, "v_proj": True, "o_proj": False}
-        mlp = dict.fromkeys(("gate_proj", "up_proj", "down_proj"), False)
-    elif name == "qwen3":
-        attention = dict.fromkeys(("q_proj", "k_proj", "v_proj", "o_proj"), attention_bias)
-        mlp = dict.fromkeys(("gate_proj", "up_proj", "down_proj"), False)
-    else:  # mistral
-        attention = dict.fromkeys(("q_proj", "k_proj", "v_proj", "o_proj"), False)
-        mlp = dict.fromkeys(("gate_proj", "up_proj", "down_proj"), False)
-    return {**attention, **mlp}
+    """Which projections of an unpruned layer carry a bias, as transformers' modeling file of the family builds
+    them: read off one decoder layer built on the meta device (no memory) from the config's own values."""
+    values = config if isinstance(config, dict) else config.to_dict()
+    hyper = {key: value for key, value in values.items() if key not in CLASS_KEYS}
+    return dict(_dense_biases(family(config).model_type, json.dumps(hyper, sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=8)
+def _dense_biases(model_type: str, hyper_json: str) -> tuple[tuple[str, bool], ...]:
+    config_cls = CONFIG_MAPPING[model_type]
+    hyper = json.loads(hyper_json)
+    one_layer = {"num_hidden_layers": 1, **({"layer_types": hyper["layer_types"][:1]} if hyper.get("layer_types") else {})}
+    dense = config_cls(**{**hyper, **one_layer})
+    with torch.device("meta"):
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[config_cls](dense)
+    layout = family_of(model_type).layout
+    return tuple((piece.path.rpartition(".")[2], model.get_submodule(piece.path).bias is not None)
+                 for scope in layout.scopes(model) for piece in scope.slices)
 
 
 def head_dim(config: Any) -> int:

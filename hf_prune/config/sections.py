@@ -1,0 +1,175 @@
+"""The sections of :class:`~hf_prune.config.PruningConfig`: options that belong together, each a dataclass whose
+fields name their own flag and validate themselves.
+
+``calibration`` is read by every data-driven run; ``search`` and ``hyperflux`` by one target each (which target
+owns a section is that target's trait in :data:`hf_prune.registry.TARGETS`: its flags are refused with any
+other); ``recovery`` by ``--recover``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from ..corpus import TextSource
+from ..errors import ConfigError
+from ..registry import RECOVERIES
+from .fields import (
+    check_choice,
+    check_non_negative_int,
+    check_positive_int,
+    check_positive_number,
+    flag_of,
+    section_option,
+)
+
+GATE_INIT = ("uniform", "scores")
+
+
+@dataclass
+class CalibrationOptions:
+    """The calibration text and how it is read (``config.calibration``; flags ``--calibration*``, ``--seq-len``,
+    ``--batch-size``, ``--sequential``)."""
+
+    source: str | None = field(default=None, metadata=section_option("calibration", (
+        "calibration text: a local .txt/.jsonl file, a datasets name, 'builtin' (a small public-domain English "
+        "sample shipped with hf-prune) or 'reference' (train split of the corpus scripts/prepare_corpus.py builds)"),
+        default_help="'builtin' for the embedded default model; other models must be given text, unless the "
+                     "run is data-free (--importance magnitude, no compensation)"))
+    config: str | None = field(default=None, metadata=section_option(
+        "calibration_config", "datasets config name of --calibration", default_help="the dataset's default config"))
+    split: str = field(default="train", metadata=section_option("calibration_split", "datasets split of --calibration"))
+    column: str = field(default="text", metadata=section_option(
+        "calibration_column", "text column of --calibration (datasets or jsonl)"))
+    samples: int = field(default=64, metadata=section_option("calibration_samples", "number of calibration sequences"))
+    seq_len: int | None = field(default=None, metadata=section_option("seq_len", (
+        "tokens per calibration sequence (a value over the model's max_position_embeddings is capped, with a "
+        "warning)"), default_help="the model's context length, at most 512"))
+    batch_size: int = field(default=1, metadata=section_option("batch_size", "calibration sequences per forward pass"))
+    sequential: bool = field(default=False, metadata=section_option("sequential", (
+        "collect activation statistics one decoder layer at a time, holding only that layer's activations, and "
+        "measure the search's costs in one pass over the layers (the way a 70B model offloaded by --device-map "
+        "is scored and searched on one GPU); not used by 'taylor', which needs a full backward")))
+
+    def validate(self) -> None:
+        check_positive_int(self, "samples", "batch_size", *(("seq_len",) if self.seq_len is not None else ()))
+
+    def text_source(self) -> TextSource:
+        return TextSource(self.source, self.config, self.split, self.column)
+
+
+@dataclass
+class SearchOptions:
+    """``--target search`` (``config.search``)."""
+
+    rows: int = field(default=4, metadata=section_option("search_rows", (
+        "search: calibration rows held out from scoring, on which the KL cost of every candidate is measured "
+        "(read in addition to --calibration-samples)")))
+    mlp_levels: int = field(default=8, metadata=section_option("mlp_levels", (
+        "search: first grid of MLP widths, in steps of 1/mlp_levels of the neurons (refinement halves the step)")))
+    refine_rounds: int = field(default=2, metadata=section_option("refine_rounds", (
+        "search: rounds of re-measuring costs around the current solution on a finer grid; a round that does "
+        "not lower the held-out KL is discarded and ends the search")))
+
+    def validate(self) -> None:
+        check_positive_int(self, "rows", "mlp_levels")
+        check_non_negative_int(self, "refine_rounds")
+
+    @property
+    def held_out_rows(self) -> int:
+        """Calibration rows read beyond --calibration-samples and kept out of the scores: the costs' rows."""
+        return self.rows
+
+
+@dataclass
+class HyperfluxOptions:
+    """``--target hyperflux``: gate training and its resumable state (``config.hyperflux``); the trainer reads
+    exactly this object."""
+
+    steps: int = field(default=200, metadata=section_option("steps", (
+        "Hyperflux: optimizer steps under pressure; the density follows the target curve to the budget at the end")))
+    regrowth_steps: int = field(default=20, metadata=section_option("regrowth_steps", (
+        "Hyperflux: steps at zero pressure with a decaying learning rate, letting useful groups reopen")))
+    tick_every: int = field(default=10, metadata=section_option(
+        "tick_every", "Hyperflux: optimizer steps between pressure updates"))
+    gate_lr: float = field(default=1e-2, metadata=section_option("gate_lr", (
+        "Hyperflux: Adam learning rate of the gate logits (the paper's 1e-3 needs hundreds of steps before the "
+        "first gate closes)")))
+    gate_init: str = field(default="uniform", metadata=section_option("gate_init", (
+        "Hyperflux: 'uniform' = the paper's U(0.2, 0.5); 'scores' = ordered by --importance within each layer, "
+        "so Hyperflux refines a one-shot ranking")))
+    pressure_step: float = field(default=0.15, metadata=section_option(
+        "pressure_step", "Hyperflux: pressure step s of the scheduler"))
+    pressure_exponent: float = field(default=3.0, metadata=section_option(
+        "pressure_exponent", "Hyperflux: the loss uses gamma**k as pressure multiplier (k = this)"))
+    grad_accum: int = field(default=1, metadata=section_option("grad_accum", "Hyperflux: micro-batches per optimizer step"))
+    checkpoint_every: int = field(default=50, metadata=section_option(
+        "checkpoint_every", "Hyperflux: steps between resumable state snapshots in --state-dir"))
+    state_dir: str | None = field(default=None, metadata=section_option(
+        "state_dir", "Hyperflux: directory of the resumable state",
+        default_help="<output>.hyperflux-state when the run writes an output directory, else none"))
+    resume: bool = field(default=False, metadata=section_option(
+        "resume", "Hyperflux: continue an interrupted run from the state in --state-dir"))
+    restart: bool = field(default=False, metadata=section_option(
+        "restart", "Hyperflux: discard the state an interrupted run left in --state-dir and start from step 0"))
+    gradient_checkpointing: bool = field(default=False, metadata=section_option(
+        "gradient_checkpointing", "Hyperflux: recompute activations in the backward pass (less memory, ~30% more time)"))
+
+    def validate(self) -> None:
+        check_choice("gate_init", self.gate_init, GATE_INIT)
+        check_positive_number(self, "gate_lr", "pressure_step", "pressure_exponent")
+        check_positive_int(self, "steps", "tick_every", "grad_accum", "checkpoint_every")
+        check_non_negative_int(self, "regrowth_steps")
+        if self.resume and self.restart:
+            raise ConfigError("give --resume (continue the saved Hyperflux state) or --restart (discard it), not both")
+        if self.steps < self.tick_every:
+            raise ConfigError(f"steps ({self.steps}) must be at least tick_every ({self.tick_every}): the pressure "
+                              "is updated every tick_every steps")
+
+
+@dataclass
+class RecoveryOptions:
+    """``--recover lora``: after the cut, train a peft LoRA on text, merge it into the weights, save a plain model
+    (``config.recovery``; flags ``--recover``, ``--recover-*``, ``--lora-*``)."""
+
+    method: str = field(default="none", metadata=section_option("recover", (
+        "recover quality after the cut: 'lora' trains a LoRA adapter (peft) on --recover-data, merges it into "
+        "the weights and saves a plain model; 'none' saves the cut model as it is")))
+    data: str | None = field(default=None, metadata=section_option("recover_data", (
+        "text to train the LoRA on, read like --calibration (a .txt/.jsonl file, a datasets name, 'builtin', "
+        "'reference'); its last --recover-eval-rows rows are held out and report perplexity before and after"),
+        default_help="the calibration text"))
+    rank: int = field(default=8, metadata=section_option("lora_rank", "LoRA rank r of every adapted Linear"))
+    alpha: float | None = field(default=None, metadata=section_option(
+        "lora_alpha", "LoRA scaling numerator alpha (the update is scaled by alpha / r)", default_help="2 x rank"))
+    steps: int = field(default=100, metadata=section_option("lora_steps", "optimizer steps of LoRA training"))
+    lr: float = field(default=2e-4, metadata=section_option("lora_lr", "AdamW learning rate of the LoRA weights"))
+    target_modules: str = field(default="all-linear", metadata=section_option("lora_targets", (
+        "comma-separated Linear names to adapt (e.g. q_proj,v_proj,down_proj), or 'all-linear' (every Linear of "
+        "the decoder layers, peft's shorthand)")))
+    samples: int = field(default=64, metadata=section_option("recover_samples", "training sequences of --recover-data"))
+    eval_rows: int = field(default=8, metadata=section_option(
+        "recover_eval_rows", "rows of --recover-data held out of training, on which perplexity is reported"))
+    batch_size: int = field(default=4, metadata=section_option("recover_batch_size", "sequences per LoRA optimizer step"))
+
+    def validate(self) -> None:
+        check_choice("recovery", self.method, ("none", *RECOVERIES))
+        check_positive_int(self, "rank", "steps", "samples", "eval_rows", "batch_size")
+        check_positive_number(self, "lr", *(("alpha",) if self.alpha is not None else ()))
+        if self.method == "none":
+            for f in fields(self):
+                if f.name != "method" and getattr(self, f.name) != f.default:
+                    raise ConfigError(f"{flag_of(self, f.name)} applies with --recover lora only; add "
+                                      "--recover lora or drop the flag")
+        if not self.target_modules or not self.target_modules.strip(", "):
+            raise ConfigError("--lora-targets names no module; pass e.g. 'all-linear' or 'q_proj,v_proj'")
+
+    @property
+    def target_module_names(self) -> str | list[str]:
+        """What peft's ``LoraConfig(target_modules=...)`` takes: 'all-linear' or a list of names."""
+        names = [name.strip() for name in self.target_modules.split(",") if name.strip()]
+        return names[0] if names == ["all-linear"] else names
+
+
+#: PruningConfig fields that are nested sections, each a dataclass whose fields carry their own flag
+SECTIONS: dict[str, type] = {"calibration": CalibrationOptions, "search": SearchOptions,
+                             "hyperflux": HyperfluxOptions, "recovery": RecoveryOptions}

@@ -1,0 +1,122 @@
+"""Compensation: change the consumer so its output misses the removed channels as little as possible.
+
+When groups are cut, the consumer (``o_proj`` / ``down_proj``) loses input columns. A compensation method
+(one file plus one registration in :data:`hf_prune.registry.COMPENSATIONS`) says, from the consumer's dense
+weight and the calibration statistics of its input, what its kept columns and its bias become:
+:mod:`.bias` (FLAP) folds the removed columns' mean into the bias; :mod:`.lstsq` refits the kept columns and
+the bias by least squares. Both are applied two ways: in place before surgery (:func:`compensate`), and
+temporarily while the search measures what a candidate costs (:class:`TemporaryCompensation`), so the search
+chooses widths for the model it will write.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from ...adapters import PrunableScope
+from ...calibration.statistics import CalibrationStatistics, ChannelStatistics
+from ..surgery import block_indices, ensure_bias
+
+
+class Compensation(ABC):
+    """One way to refit a consumer whose input lost some columns."""
+
+    #: whether it reads the second moments Σ x xᵀ of the consumer's input (a d×d float64 matrix per consumer)
+    second_moments: bool = False
+
+    @abstractmethod
+    def refit(self, weight: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
+              channels: ChannelStatistics) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """For the dense ``weight`` ``[out, in]`` and the ``kept`` / ``removed`` input column indices (on the
+        weight's device): (new values of the kept columns ``[out, k]``, or None when they stay, and the bias shift
+        ``[out]``), both float64."""
+
+
+def _columns(scope: PrunableScope, kept_groups: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    kept = sorted(set(int(g) for g in kept_groups))
+    removed = sorted(set(range(scope.num_groups)) - set(kept))
+    block = scope.consumer.block
+    return block_indices(kept, block, device=device), block_indices(removed, block, device=device)
+
+
+@torch.no_grad()
+def compensate(model: nn.Module, scopes: Sequence[PrunableScope], plan: Mapping[str, Sequence[int]],
+               stats: CalibrationStatistics, compensation: Compensation) -> None:
+    """Compensate every scope of ``plan`` in place, before surgery cuts it (a scope that keeps every group is
+    left as it is)."""
+    for scope in scopes:
+        if scope.name in plan:
+            compensate_scope(model, scope, plan[scope.name], stats.channels[scope.name], compensation)
+
+
+@torch.no_grad()
+def compensate_scope(model: nn.Module, scope: PrunableScope, keep: Sequence[int], channels: ChannelStatistics,
+                     compensation: Compensation) -> None:
+    """Compensate one scope in place for keeping the groups ``keep`` (nothing when it keeps them all)."""
+    if len(set(keep)) == scope.num_groups:
+        return
+    consumer = ensure_bias(model, scope.consumer.path)
+    kept, removed = _columns(scope, keep, consumer.weight.device)
+    new_columns, shift = compensation.refit(consumer.weight, kept, removed, channels)
+    if new_columns is not None:
+        consumer.weight[:, kept] = new_columns.to(device=consumer.weight.device, dtype=consumer.weight.dtype)
+    consumer.bias.add_(shift.to(device=consumer.bias.device, dtype=consumer.bias.dtype))
+
+
+class TemporaryCompensation(AbstractContextManager):
+    """Compensation applied in place for a plan that is still only masks, and undone on exit.
+
+    The search measures what each candidate costs *after* compensation: ``set(scope, mask)`` gives the
+    scope's consumer the compensated weights for that 0/1 group mask, computed from its dense weights
+    (kept here on first change), and an output hook adds the bias shift, so no module is replaced and
+    the masks' hooks stay where they are. An all-ones mask restores the dense consumer.
+    """
+
+    def __init__(self, model: nn.Module, scopes: Sequence[PrunableScope], stats: CalibrationStatistics,
+                 compensation: Compensation):
+        self.model, self.stats, self.compensation = model, stats, compensation
+        self.scopes = {scope.name: scope for scope in scopes}
+        self._dense: dict[str, torch.Tensor] = {}
+        self._shift: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> "TemporaryCompensation":
+        for name, scope in self.scopes.items():
+            consumer = self.model.get_submodule(scope.consumer.path)
+            self._shift[name] = torch.zeros(consumer.out_features, device=consumer.weight.device, dtype=consumer.weight.dtype)
+            self._handles.append(consumer.register_forward_hook(
+                lambda module, args, output, shift=self._shift[name]: output + shift))
+        return self
+
+    @torch.no_grad()
+    def set(self, scope: PrunableScope, mask: torch.Tensor) -> None:
+        consumer = self.model.get_submodule(scope.consumer.path)
+        if scope.name not in self._dense:
+            self._dense[scope.name] = consumer.weight.detach().clone()
+        dense = self._dense[scope.name]
+        kept_groups = torch.nonzero(mask.cpu() > 0).flatten().tolist()
+        if len(kept_groups) == scope.num_groups:
+            consumer.weight.copy_(dense)
+            self._shift[scope.name].zero_()
+            return
+        kept, removed = _columns(scope, kept_groups, dense.device)
+        new_columns, shift = self.compensation.refit(dense, kept, removed, self.stats.channels[scope.name])
+        weight = dense.clone()
+        if new_columns is not None:
+            weight[:, kept] = new_columns.to(device=dense.device, dtype=dense.dtype)
+        consumer.weight.copy_(weight)
+        self._shift[scope.name].copy_(shift.to(self._shift[scope.name]))
+
+    def __exit__(self, *exc_info) -> None:
+        with torch.no_grad():
+            for name, dense in self._dense.items():
+                self.model.get_submodule(self.scopes[name].consumer.path).weight.copy_(dense)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._dense.clear()

@@ -1,0 +1,48 @@
+"""``--compensate lstsq``: the kept columns *and* a bias are refit by least squares to reproduce the dense output
+on calibration data, min E‖W x − (W'_K x_K + b')‖², solved in closed form from the second moments of the
+consumer's input (the structured form of the OBS update of ZipLM, arXiv 2302.04089, and SlimGPT,
+arXiv 2412.18110). It contains ``bias`` as the special case of unchanged kept columns. Measured on the
+reference model with uniform MLP-only pruning: perplexity ratio 1.109 → 1.048 at 35%, 1.338 → 1.145 at 50%.
+It holds a d×d float64 matrix per consumer while calibrating (d = its input width).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...calibration.statistics import ChannelStatistics
+from .base import Compensation
+
+#: relative ridge added to the kept channels' second moments: a removed channel that a kept one copies
+#: (or a channel that never fires) makes them singular; 1% of the mean diagonal, as SparseGPT dampens
+DAMPING = 0.01
+
+
+def least_squares_weights(
+    weight: torch.Tensor, keep_columns: torch.Tensor, channels: ChannelStatistics, damping: float = DAMPING
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new kept columns ``[out, k]``, bias shift ``[out]``) minimising E‖W x − (W'_K x_K + b')‖² on calibration data."""
+    if channels.gram is None:
+        raise ValueError("least-squares compensation needs second moments: collect statistics with gram=True")
+    count = float(channels.count)
+    second = channels.gram / count  # E[x xᵀ]
+    mean = channels.total / count
+    kept = keep_columns.cpu()
+    size = kept.numel()
+    system = torch.empty(size + 1, size + 1, dtype=torch.float64)  # moments of [x_K; 1]
+    system[:size, :size] = second[kept][:, kept]
+    system[:size, size] = system[size, :size] = mean[kept]
+    system[size, size] = 1.0
+    system[:size, :size] += damping * float(system.diagonal()[:size].mean()) * torch.eye(size, dtype=torch.float64)
+    cross = torch.cat([second[kept], mean[None]])  # E[[x_K; 1] xᵀ]
+    dense = weight.detach().to(device="cpu", dtype=torch.float64)
+    solution = torch.linalg.solve(system, cross @ dense.T)  # [k + 1, out]
+    return solution[:size].T, solution[size]
+
+
+class LeastSquaresCompensation(Compensation):
+    second_moments = True
+
+    def refit(self, weight: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
+              channels: ChannelStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+        return least_squares_weights(weight, kept, channels)

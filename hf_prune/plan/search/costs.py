@@ -1,0 +1,219 @@
+"""What cutting one scope to one level costs, measured: KL divergence of the next-token distribution.
+
+Costs are measured on held-out calibration rows with masks (no copy of the model). The inputs of every
+decoder layer are cached once under the current plan (the dense model at first), so measuring a
+candidate of layer ``l`` runs only layers ``l..L-1`` and the LM head: for a model of ``L`` layers a
+full table of candidates costs about half of one forward pass per candidate. The cost of a candidate
+is the mean per-token KL(reference || candidate) minus that of the current plan, so a table measured
+around a plan says what each single change would add to it.
+
+:class:`SweepCostMeter` (``--sequential``) measures the same numbers in another order, for models that do
+not fit on the device: one pass over the layers, in which each layer, made resident once, runs the plan's
+activations, every candidate of its own scopes, and every candidate of the layers before it. It holds
+one activation per candidate instead of every layer's inputs, and loads each layer's weights once per
+pass instead of once per candidate that reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ...adapters import ModelAdapter, PrunableScope
+from ...calibration.statistics import first_layer_inputs
+from ...cut.compensation import TemporaryCompensation
+from ...cut.masks import GroupMasks
+from ...errors import ConfigError
+from ...runtime.offload import execution_device, has_offloaded_weights, resident
+
+
+class CostMeter(AbstractContextManager):
+    """Masks every scope by a live table (all ones = dense) and measures KL costs of changing one entry.
+
+    Use as a context manager: the mask hooks are attached on entry and removed on exit.
+    """
+
+    def __init__(self, model: nn.Module, adapter: ModelAdapter, scopes: Sequence[PrunableScope],
+                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None):
+        self.model, self.adapter = model, adapter
+        self.layers = adapter.decoder_layers(model)
+        self.scopes = {scope.name: scope for scope in scopes}
+        self.batches = list(rows.split(batch_size))
+        device = execution_device(model)
+        self.current = {name: torch.ones(scope.num_groups, device=device) for name, scope in self.scopes.items()}
+        self._hooks = GroupMasks(model, scopes, {name: self._live(name) for name in self.scopes})
+        self._reference: list[torch.Tensor] = []  # per batch: reference log-probabilities
+        self._inputs: list[list[torch.Tensor]] = []  # per layer, per batch: that layer's input hidden states
+        self._extras: list[tuple[tuple, dict]] = []  # per batch: the layers' other arguments
+        self.base_kl = 0.0
+        self.layer_passes = 0
+        self.compensation = compensation  # when given, every mask is measured with its compensation applied
+
+    def _live(self, name: str):
+        return lambda: self.current[name]
+
+    def __enter__(self) -> "CostMeter":
+        self._hooks.attach()
+        if self.compensation is not None:
+            self.compensation.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.compensation is not None:
+            self.compensation.__exit__(*exc_info)
+        self._hooks.remove()
+        self._inputs.clear()
+        self._reference.clear()
+
+    @torch.no_grad()
+    def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
+        """Make ``masks`` (scope name -> 0/1 per group; others dense) the plan that costs are measured
+        around: cache every layer's inputs under it and return its KL from the dense model."""
+        self._set_current(masks)
+        hidden = self._first_inputs()
+        self._inputs = []
+        for layer in self.layers:
+            self._inputs.append(hidden)
+            hidden = self._layer(layer, hidden)
+        return self._set_base_kl(hidden)
+
+    @torch.no_grad()
+    def cost(self, scope: PrunableScope, mask: torch.Tensor) -> float:
+        """KL added to the base by giving ``scope`` the 0/1 ``mask`` (all other scopes as in the base)."""
+        with self._changed(scope, mask):
+            hidden = self._inputs[scope.layer]
+            for layer in self.layers[scope.layer:]:
+                hidden = self._layer(layer, hidden)
+            self.layer_passes += len(self.layers) - scope.layer
+            return self._kl(hidden) - self.base_kl
+
+    def _set_current(self, masks: Mapping[str, torch.Tensor]) -> None:
+        for name, mask in self.current.items():
+            mask.copy_(masks[name] if name in masks else torch.ones_like(mask))
+            self._compensate(name)
+        if not self._reference and any(bool((mask != 1).any()) for mask in self.current.values()):
+            raise ValueError("the first base of a CostMeter must be the dense model")
+
+    def _first_inputs(self) -> list[torch.Tensor]:
+        """The first layer's input per batch; its other arguments (positions, masks) go to ``_extras``."""
+        captured = first_layer_inputs(self.model, self.layers, self.batches)
+        self._extras = [(args[1:], kwargs) for args, kwargs in captured]
+        return [args[0] for args, _ in captured]
+
+    def _set_base_kl(self, final_hidden: list[torch.Tensor]) -> float:
+        if not self._reference:  # the first base is the dense model: its distribution is the reference
+            self._reference = [F.log_softmax(self.adapter.logits(self.model, h).float(), dim=-1) for h in final_hidden]
+        self.base_kl = self._kl(final_hidden)
+        return self.base_kl
+
+    @contextmanager
+    def _changed(self, scope: PrunableScope, mask: torch.Tensor) -> Iterator[None]:
+        """``scope`` masked by ``mask`` (and compensated) inside the block, as in the base after it."""
+        saved = self.current[scope.name].clone()
+        self.current[scope.name].copy_(mask)
+        try:
+            self._compensate(scope.name)
+            yield
+        finally:
+            self.current[scope.name].copy_(saved)
+            self._compensate(scope.name)
+
+    def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``layer`` on every batch."""
+        return [self._run(layer, h, extra) for h, extra in zip(hidden, self._extras)]
+
+    def _compensate(self, name: str) -> None:
+        if self.compensation is not None and name in self.compensation.scopes:
+            self.compensation.set(self.scopes[name], self.current[name])
+
+    def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
+        """:meth:`cost` of every ``(scope, kept, mask)``, with a progress bar whose ETA counts layer passes."""
+        work = [len(self.layers) - scope.layer for scope, _, _ in requests]
+        costs = []
+        with tqdm(total=sum(work), desc=desc, unit="layer", leave=False) as bar:
+            for (scope, _, mask), passes in zip(requests, work):
+                costs.append(self.cost(scope, mask))
+                bar.update(passes)
+        return costs
+
+    @staticmethod
+    def _run(layer: nn.Module, hidden: torch.Tensor, extra: tuple[tuple, dict]) -> torch.Tensor:
+        args, kwargs = extra
+        output = layer(hidden, *args, **kwargs)
+        return output[0] if isinstance(output, tuple) else output
+
+    def _kl(self, final_hidden: list[torch.Tensor]) -> float:
+        total, tokens = 0.0, 0
+        for hidden, reference in zip(final_hidden, self._reference):
+            log_q = F.log_softmax(self.adapter.logits(self.model, hidden).float(), dim=-1)
+            kl = (reference.exp() * (reference - log_q)).sum(dim=-1)
+            total += float(kl.sum())
+            tokens += kl.numel()
+        return total / tokens
+
+
+class SweepCostMeter(CostMeter):
+    """:class:`CostMeter` that measures all candidates in one pass over the layers (see the module docstring).
+
+    The costs are the same numbers (the same computations in another order; tested). Candidate
+    activations are kept in CPU memory when the model is offloaded, on the activations' device otherwise.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offloaded = has_offloaded_weights(self.model)
+        if self.offloaded and self.compensation is not None:
+            raise ConfigError("compensated search costs cannot be measured on an offloaded model (the compensated "
+                             "weights would be dropped with the layer); load the model without offload")
+        layer_ids = {id(module) for layer in self.layers for module in layer.modules()}
+        # embeddings, final norm and head: everything the model runs outside its decoder layers
+        self._outside = [module for module in self.model.modules()
+                         if id(module) not in layer_ids and next(module.parameters(recurse=False), None) is not None]
+
+    @torch.no_grad()
+    def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
+        self._set_current(masks)
+        hidden, _ = self._sweep([], desc=None)
+        with resident(self._outside):
+            return self._set_base_kl(hidden)
+
+    @torch.no_grad()
+    def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
+        _, streams = self._sweep(requests, desc)
+        with resident(self._outside):
+            return [self._kl(stream) - self.base_kl for stream in streams]
+
+    def _sweep(self, requests, desc: str | None) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """One pass over the layers: the plan's activations and, per request, the activations after
+        its scope's layer with only that scope changed. Returns the final hidden states of both."""
+        base = self._first_inputs()
+        streams: list[list[torch.Tensor] | None] = [None] * len(requests)
+        by_layer: dict[int, list[int]] = {}
+        for index, (scope, _, _) in enumerate(requests):
+            by_layer.setdefault(scope.layer, []).append(index)
+        total = sum(len(self.layers) - scope.layer for scope, _, _ in requests) + len(self.layers)
+        with tqdm(total=total, desc=desc, unit="layer", leave=False, disable=desc is None) as bar:
+            for index, layer in enumerate(self.layers):
+                with resident([layer]):
+                    started = [i for i, stream in enumerate(streams) if stream is not None]
+                    for i in started:  # candidates of earlier layers: this layer as in the plan
+                        streams[i] = self._layer(layer, streams[i])
+                    for i in by_layer.get(index, []):  # this layer's candidates, from the plan's input
+                        scope, _, mask = requests[i]
+                        with self._changed(scope, mask):
+                            streams[i] = self._layer(layer, base)
+                    base = self._layer(layer, base)
+                candidates = len(started) + len(by_layer.get(index, []))
+                self.layer_passes += candidates
+                bar.update(candidates + 1)
+        return base, streams
+
+    def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``layer`` on every batch; the outputs go to CPU memory when the weights are offloaded."""
+        outputs = super()._layer(layer, hidden)
+        return [h.cpu() for h in outputs] if self.offloaded else outputs
