@@ -57,6 +57,8 @@ class PruningReport:
     quality: dict[str, Any] = field(default_factory=dict)
     #: recovery after the cut (:mod:`hf_prune.recovery`): method, perplexity before / after, cost
     recovery: dict[str, Any] = field(default_factory=dict)
+    #: compensation refit on the pruned model's activations (``--refit-on pruned``): tokens, layer passes, seconds
+    refit: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
 
     @property

@@ -12,13 +12,16 @@ from transformers import AutoModelForCausalLM
 
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
+from hf_prune.calibration.statistics import CalibrationStatistics, collect_channel_statistics
 from hf_prune.cut.apply import apply_pruning
+from hf_prune.cut.compensation import TemporaryCompensation
 from hf_prune.cut.masks import GroupMasks, keep_masks
 from hf_prune.errors import BudgetError, ConfigError
 from hf_prune.modeling import RemovedSublayer
 from hf_prune.plan.planner import make_plan
 from hf_prune.plan.search.costs import CostMeter, SweepCostMeter
 from hf_prune.plan.search.knapsack import Option, solve
+from hf_prune.registry import COMPENSATIONS
 from hf_prune.plan.search.planner import ScopeChoices, coarse_counts, finer_counts, give_back_surplus, keep_top
 from hf_prune.run.cli import main
 
@@ -156,11 +159,11 @@ def test_search_from_the_command_line_reloads(capsys, tmp_path):
 @pytest.mark.parametrize("compensate", ["bias", "lstsq"])
 def test_compensated_search_measures_the_model_it_cuts(calibration, compensate):
     """With --compensate the search measures every candidate compensated: the KL it reports for its plan is
-    the KL of the model that is then cut and compensated, on the same held-out rows; and planning leaves
-    the model as it was."""
+    the KL of the model that is then cut and compensated from the same (dense) statistics, on the same held-out
+    rows; and planning leaves the model as it was."""
     model = make_model("llama")
     dense_state = {name: value.clone() for name, value in model.state_dict().items()}
-    config = search_config(compensate=compensate, sparsity=0.4)
+    config = search_config(compensate=compensate, sparsity=0.4, refit_on="dense")
     plan = make_plan(model, config, input_ids=calibration)
     assert all(torch.equal(value, dense_state[name]) for name, value in model.state_dict().items())
     held_out = calibration[-config.search.rows:]
@@ -172,7 +175,7 @@ def test_compensated_search_measures_the_model_it_cuts(calibration, compensate):
     assert kl == pytest.approx(plan.details["search_kl"], rel=1e-3, abs=1e-6)
 
 
-def _cost_table(model, meter_class, rows, compensation=None):
+def _cost_table(model, meter_class, rows, compensation=None, **kwargs):
     """Costs of a few candidates (a layer-0 MLP thinned, a middle attention removed whole, the last MLP
     halved) around the dense model and around a plan with the first attention thinned."""
     adapter = get_adapter(model)
@@ -183,7 +186,7 @@ def _cost_table(model, meter_class, rows, compensation=None):
         return keep_top(torch.arange(scope.num_groups, dtype=torch.float), count, torch.device("cpu"))
 
     requests = [(mlp0, 48, mask(mlp0, 48)), (attention1, 0, mask(attention1, 0)), (mlp_last, 48, mask(mlp_last, 48))]
-    with meter_class(model, adapter, scopes, rows, 2, compensation) as meter:
+    with meter_class(model, adapter, scopes, rows, 2, compensation, **kwargs) as meter:
         dense_kl = meter.set_base({})
         around_dense = meter.measure(requests, "test")
         plan_kl = meter.set_base({attention0.name: mask(attention0, 2)})
@@ -226,9 +229,45 @@ def test_sweep_on_an_offloaded_model_loads_each_layer_once_per_pass(calibration,
     assert measured == pytest.approx(expected, rel=1e-4, abs=1e-7)
     assert len(loads) == 4  # two set_base and two measure passes
     assert probe.weight.device.type == "meta"  # dropped again after the pass
-    with pytest.raises(ConfigError, match="offloaded model"):
-        SweepCostMeter(model, get_adapter(model), get_adapter(model).scopes(model), calibration[:2],
-                       compensation=object())
+
+
+def _compensated_cost_table(model, meter_class, calibration, compensate="lstsq"):
+    """:func:`_cost_table` with every candidate compensated: from the dense statistics of ``calibration[4:]`` (the
+    suffix runs), or, in a sweep, from statistics the meter gathers on those rows one layer at a time."""
+    scopes = get_adapter(model).scopes(model)
+    rows = calibration[4:]
+    if meter_class is CostMeter:
+        stats = collect_channel_statistics(model, scopes, rows, gram=True)
+        compensation = TemporaryCompensation(model, scopes, stats, COMPENSATIONS[compensate]())
+        return _cost_table(model, meter_class, calibration[:4], compensation)
+    compensation = TemporaryCompensation(model, scopes, CalibrationStatistics(), COMPENSATIONS[compensate]())
+    return _cost_table(model, meter_class, calibration[:4], compensation, calibration_rows=rows)
+
+
+@pytest.mark.parametrize("compensate", ["lstsq", "bias"])
+def test_a_compensated_sweep_gathers_each_layers_statistics_itself(calibration, compensate):
+    """Around the dense model the sweep's compensated costs are those of the suffix runs compensated from the dense
+    statistics; around a plan they are measured on the plan's own activations, so they differ (a little)."""
+    model = make_model("llama")
+    suffix, _ = _compensated_cost_table(model, CostMeter, calibration, compensate)
+    sweep, _ = _compensated_cost_table(model, SweepCostMeter, calibration, compensate)
+    assert sweep[:1] + sweep[2:5] == pytest.approx(suffix[:1] + suffix[2:5], rel=1e-4, abs=1e-7)
+    assert sweep[5:] != pytest.approx(suffix[5:], rel=1e-6, abs=0)
+
+
+def test_a_compensated_sweep_runs_on_an_offloaded_model_and_leaves_it_dense(calibration):
+    """Least squares with the weights in accelerate's offload store (``--layerwise`` / ``--device-map``): the costs
+    of the model in memory, and the weights on disk untouched."""
+    from accelerate import cpu_offload
+
+    model = make_model("qwen3")
+    dense = {name: value.clone() for name, value in model.state_dict().items()}
+    expected, _ = _compensated_cost_table(model, SweepCostMeter, calibration)
+    assert all(torch.equal(value, dense[name]) for name, value in model.state_dict().items())
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    measured, _ = _compensated_cost_table(model, SweepCostMeter, calibration)
+    assert measured == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert model.model.layers[0].mlp.down_proj.weight.device.type == "meta"
 
 
 def test_sequential_search_of_an_offloaded_model_finds_the_same_plan(calibration):

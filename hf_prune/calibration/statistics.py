@@ -45,19 +45,39 @@ class ChannelStatistics:
     total_sq: torch.Tensor  # [channels] Σ x²
     #: [channels, channels] Σ x xᵀ, only when least-squares compensation needs it (channels² float64s)
     gram: torch.Tensor | None = None
+    #: when the refit's target is another stream's output (``--refit-on asymmetric``: the dense model's input y of
+    #: the same consumer on the same tokens): [channels, channels] Σ x yᵀ, with ``gram``
+    cross: torch.Tensor | None = None
+    #: and [channels] Σ y
+    target_total: torch.Tensor | None = None
 
     @classmethod
-    def zeros(cls, channels: int, gram: bool = False) -> "ChannelStatistics":
+    def zeros(cls, channels: int, gram: bool = False, target: bool = False) -> "ChannelStatistics":
         zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
-        return cls(zero(()), zero(channels), zero(channels), zero(channels, channels) if gram else None)
+        return cls(zero(()), zero(channels), zero(channels), zero(channels, channels) if gram else None,
+                   zero(channels, channels) if target and gram else None, zero(channels) if target else None)
 
-    def update(self, hidden: torch.Tensor) -> None:
+    def update(self, hidden: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Add the tokens of ``hidden`` (and, for statistics with a target, the other stream's ``target`` input on
+        the same tokens)."""
         flat = hidden.detach().reshape(-1, hidden.shape[-1]).to(torch.float64)
         self.count += flat.shape[0]
         self.total += flat.sum(dim=0).cpu()
         self.total_sq += flat.pow(2).sum(dim=0).cpu()
         if self.gram is not None:
             self.gram += (flat.T @ flat).cpu()
+        if self.target_total is not None:
+            if target is None:
+                raise ValueError("these statistics pair every input with the target stream's: give the target")
+            other = target.detach().reshape(-1, target.shape[-1]).to(torch.float64)
+            self.target_total += other.sum(dim=0).cpu()
+            if self.cross is not None:
+                self.cross += (flat.T @ other).cpu()
+
+    @property
+    def target_mean(self) -> torch.Tensor:
+        """Mean of the refit's target input: the other stream's when there is one, else this one's."""
+        return (self.target_total if self.target_total is not None else self.total) / self.count
 
     @property
     def norm(self) -> torch.Tensor:
@@ -94,7 +114,7 @@ class CalibrationStatistics:
             return
         device = state.device
         for stats in self.channels.values():
-            for name in ("count", "total", "total_sq", "gram"):
+            for name in ("count", "total", "total_sq", "gram", "cross", "target_total"):
                 if getattr(stats, name) is not None:
                     setattr(stats, name, reduce(getattr(stats, name).to(device), reduction="sum").cpu())
         for name, value in self.taylor.items():
@@ -103,8 +123,9 @@ class CalibrationStatistics:
         self.tokens = int(tokens.item())
 
 
-def _record_channels(model: nn.Module, scopes: Sequence[PrunableScope], stats: CalibrationStatistics,
-                     gram: bool = False):
+def record_channels(model: nn.Module, scopes: Sequence[PrunableScope], stats: CalibrationStatistics,
+                     gram: bool = False) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that add every scope consumer's input to ``stats.channels`` (created on first use), until removed."""
     handles = []
     for scope in scopes:
         consumer = model.get_submodule(scope.consumer.path)
@@ -131,7 +152,7 @@ def collect_channel_statistics(
     started = time.perf_counter()
     mine = shard_for_this_process(input_ids)
     batches = list(mine.split(batch_size))
-    handles = _record_channels(model, scopes, stats, gram)
+    handles = record_channels(model, scopes, stats, gram)
     try:
         if sequential:
             if layers is None:
@@ -251,4 +272,6 @@ __all__ = [
     "ChannelStatistics",
     "collect_channel_statistics",
     "collect_taylor_statistics",
+    "first_layer_inputs",
+    "record_channels",
 ]

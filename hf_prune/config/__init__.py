@@ -8,7 +8,7 @@
 - :mod:`.fields`: how an option declares its flag and help.
 """
 
-from .pruning import UNITS, PruningConfig, compensation_choices, flat_options, section_aliases, section_owners
+from .pruning import REFIT_INPUTS, UNITS, PruningConfig, compensation_choices, flat_options, section_aliases, section_owners
 from .recipe import load_recipe, merge_options, split_options
 from .run import (
                   DTYPE_CHOICES,
@@ -23,7 +23,7 @@ from .run import (
 from .sections import GATE_INIT, SECTIONS, CalibrationOptions, HyperfluxOptions, RecoveryOptions, SearchOptions
 
 __all__ = [
-    "DTYPE_CHOICES", "GATE_INIT", "SECTIONS", "UNITS", "CalibrationOptions", "EvalOptions", "HubTarget",
+    "DTYPE_CHOICES", "GATE_INIT", "REFIT_INPUTS", "SECTIONS", "UNITS", "CalibrationOptions", "EvalOptions", "HubTarget",
     "HyperfluxOptions", "LoadOptions", "PruningConfig", "QualityCheck", "RecoveryOptions", "RunOptions",
     "SearchOptions", "compensation_choices", "effective_config", "flat_options", "is_embedded_default",
     "load_recipe", "merge_options", "section_aliases", "section_owners", "split_options",

@@ -23,6 +23,8 @@ from .fields import check_choice, default_of, flag_name, option, refuse_unknown
 from .sections import SECTIONS, CalibrationOptions, HyperfluxOptions, RecoveryOptions, SearchOptions
 
 UNITS = ("all", "attention", "mlp")
+#: what --refit-on accepts: the inputs compensation refits the consumers on
+REFIT_INPUTS = ("pruned", "dense", "asymmetric")
 
 
 def compensation_choices() -> tuple[str, ...]:
@@ -74,6 +76,12 @@ class PruningConfig:
         "(FLAP's compensation); 'lstsq' refits the kept columns and a bias of o_proj / down_proj by least squares "
         "to the dense output on calibration text (holds a d x d matrix per layer while calibrating); 'none' just "
         "removes. Both read --calibration"))
+    refit_on: str = field(default="pruned", metadata=option(
+        "with --compensate: the inputs o_proj / down_proj are refit on. 'pruned': the activations the already-cut "
+        "earlier layers produce (the cut walks the layers in order; SlimGPT, Tyr-the-Pruner), reproducing what the "
+        "dense weights compute from those inputs; 'asymmetric': the same inputs, reproducing the dense model's own "
+        "output there (a second, dense stream is walked along, so each layer also undoes its prefix's drift; "
+        "GPTAQ); 'dense': the dense model's activations, all gathered before the cut"))
     seed: int = field(default=0, metadata=option("random seed of the calibration sample (and of Hyperflux gates)"))
     uniform_shapes: bool = field(default=False, metadata=option(
         "save the result as the family's stock class and config (e.g. LlamaForCausalLM; equal counts in every layer, "
@@ -107,6 +115,9 @@ class PruningConfig:
         check_choice("importance", self.importance, IMPORTANCES)
         check_choice("units", self.units, UNITS)
         check_choice("compensate", self.compensate, compensation_choices())
+        check_choice("refit_on", self.refit_on, REFIT_INPUTS)
+        if self.compensate == "none" and self.refit_on != REFIT_INPUTS[0]:
+            raise ConfigError(f"--refit-on applies with --compensate {' / '.join(compensation_choices()[1:])} only")
         for f in fields(self):
             owners = option_owners(f.name)
             if owners and self.target not in owners and getattr(self, f.name) != default_of(f):
@@ -221,6 +232,8 @@ def flat_options(values: dict[str, Any]) -> dict[str, Any]:
         if name in SECTIONS and isinstance(value, dict):
             if not _section_unused(name, value, target):
                 flat.update({flag_name(g): value[g.name] for g in fields(SECTIONS[name]) if g.name in value})
+        elif name == "refit_on" and values.get("compensate", "none") == "none":
+            continue  # nothing was refit
         elif target not in TARGETS or target in (option_owners(name) or [target]):
             flat[name] = value
     return flat

@@ -227,6 +227,7 @@ class LayerByLayer:
         Pruning does not change them: they are copied from the checkpoint one at a time in its dtype, not
         loaded in the compute dtype (a 128k-vocabulary embedding is 1 GB in float32 for a 1B model).
         """
+        self.model.tie_weights()  # a forward since __init__ (the refit's walk) untied it again
         layer_ids = {id(module) for layer in layers for module in layer.modules()}
         names = [name for name, _ in self.model.named_parameters()  # while tied: a shared weight is named once
                  if id(self.model.get_submodule(name.rpartition(".")[0])) not in layer_ids]

@@ -41,6 +41,10 @@ def summary_lines(report: PruningReport) -> list[str]:
         lines.append(f"calibration: {report.calibration_tokens:,} tokens over {report.calibration_processes} "
                      f"process(es) in {report.calibration_seconds:.1f}s (importance {report.config['importance']}, "
                      f"compensation {report.config['compensate']})")
+    if report.refit:
+        lines.append(f"compensation refit on the pruned model's own activations: the layers walked in order, "
+                     f"{report.refit['layer_passes']} layer passes over {report.refit['tokens']:,} tokens in "
+                     f"{report.refit['seconds']:.1f}s")
     return lines
 
 

@@ -17,7 +17,7 @@ from ..adapters import PrunableScope, get_adapter
 from ..calibration.rows import calibration_rows
 from ..calibration.statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
 from ..config import PruningConfig
-from ..cut.apply import PruningPlan, apply_pruning
+from ..cut.apply import PruningPlan, apply_pruning, refits_on_pruned_inputs
 from ..errors import BudgetError, ConfigError
 from ..registry import COMPENSATIONS, TARGETS
 from ..report import PruningReport
@@ -37,6 +37,18 @@ def needed_statistics(config: PruningConfig) -> set[str]:
     if config.compensate != "none":
         needed.add(CHANNELS)
     return needed
+
+
+def needs_dense_second_moments(config: PruningConfig) -> bool:
+    """Whether the dense model's d×d second moments are gathered before the cut: only when a least-squares refit
+    reads them — ``--refit-on dense``, or a target that measures compensated candidates on a model in memory. With
+    ``--refit-on pruned`` the cut gathers one layer's at a time as it walks the layers, and a search in one pass
+    over the layers (``--sequential``, ``--layerwise``) does the same for its candidates."""
+    if config.compensate == "none" or not COMPENSATIONS[config.compensate].second_moments:
+        return False
+    if not refits_on_pruned_inputs(config):
+        return True
+    return target_of(config).compensates_candidates and not config.calibration.sequential
 
 
 def needs_calibration(config: PruningConfig) -> bool:
@@ -68,7 +80,7 @@ def collect_statistics(
     calibration = config.calibration
     with eval_mode(model):
         if CHANNELS in needed:
-            second_moments = config.compensate != "none" and COMPENSATIONS[config.compensate].second_moments
+            second_moments = needs_dense_second_moments(config)
             collect_channel_statistics(
                 model, scopes, input_ids, batch_size=calibration.batch_size, sequential=calibration.sequential,
                 layers=get_adapter(model).decoder_layers(model) if calibration.sequential else None, stats=stats,
@@ -118,7 +130,7 @@ def make_plan(
     allocation = target.allocate(request)
     kept = allocation.groups if allocation.groups is not None else _top_groups(request, allocation)
     return PruningPlan(kept, allocation.details, request.scores, allocation.trajectory,
-                       _uniform_for_comparison(request, config), stats)
+                       _uniform_for_comparison(request, config), stats, rows)
 
 
 def _split_held_out(input_ids: torch.Tensor | None, held_out: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:

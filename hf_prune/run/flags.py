@@ -17,6 +17,7 @@ from typing import Any
 from ..config import (
     DTYPE_CHOICES,
     GATE_INIT,
+    REFIT_INPUTS,
     SECTIONS,
     UNITS,
     HubTarget,
@@ -35,7 +36,7 @@ def choices() -> dict[str, list[str]]:
     """The accepted values of the flags that name something, read from the registries when the parser is built
     (a target registered by a plug-in is a choice too)."""
     return {"target": sorted(TARGETS), "importance": sorted(IMPORTANCES), "units": list(UNITS),
-            "compensate": list(compensation_choices()), "gate_init": list(GATE_INIT),
+            "compensate": list(compensation_choices()), "refit_on": list(REFIT_INPUTS), "gate_init": list(GATE_INIT),
             "recover": ["none", *RECOVERIES], "dtype": list(DTYPE_CHOICES)}
 
 

@@ -75,6 +75,10 @@ class TemporaryCompensation(AbstractContextManager):
     scope's consumer the compensated weights for that 0/1 group mask, computed from its dense weights
     (kept here on first change), and an output hook adds the bias shift, so no module is replaced and
     the masks' hooks stay where they are. An all-ones mask restores the dense consumer.
+
+    The statistics are read from ``stats`` when ``set`` is called, so a caller that walks the layers may put one
+    layer's there, use them, and :meth:`release` the layer's scopes before the next (the weights of an offloaded
+    layer exist only while it is resident).
     """
 
     def __init__(self, model: nn.Module, scopes: Sequence[PrunableScope], stats: CalibrationStatistics,
@@ -88,35 +92,40 @@ class TemporaryCompensation(AbstractContextManager):
     def __enter__(self) -> "TemporaryCompensation":
         for name, scope in self.scopes.items():
             consumer = self.model.get_submodule(scope.consumer.path)
-            self._shift[name] = torch.zeros(consumer.out_features, device=consumer.weight.device, dtype=consumer.weight.dtype)
             self._handles.append(consumer.register_forward_hook(
-                lambda module, args, output, shift=self._shift[name]: output + shift))
+                lambda module, args, output, name=name: output + self._shift[name] if name in self._shift else output))
         return self
 
     @torch.no_grad()
     def set(self, scope: PrunableScope, mask: torch.Tensor) -> None:
         consumer = self.model.get_submodule(scope.consumer.path)
+        kept_groups = torch.nonzero(mask.cpu() > 0).flatten().tolist()
+        if len(kept_groups) == scope.num_groups:
+            self.release(scope)
+            return
         if scope.name not in self._dense:
             self._dense[scope.name] = consumer.weight.detach().clone()
         dense = self._dense[scope.name]
-        kept_groups = torch.nonzero(mask.cpu() > 0).flatten().tolist()
-        if len(kept_groups) == scope.num_groups:
-            consumer.weight.copy_(dense)
-            self._shift[scope.name].zero_()
-            return
         kept, removed = _columns(scope, kept_groups, dense.device)
         new_columns, shift = self.compensation.refit(dense, kept, removed, self.stats.channels[scope.name])
         weight = dense.clone()
         if new_columns is not None:
             weight[:, kept] = new_columns.to(device=dense.device, dtype=dense.dtype)
         consumer.weight.copy_(weight)
-        self._shift[scope.name].copy_(shift.to(self._shift[scope.name]))
+        self._shift[scope.name] = shift.to(device=dense.device, dtype=dense.dtype)
+
+    @torch.no_grad()
+    def release(self, scope: PrunableScope) -> None:
+        """Give ``scope``'s consumer back its dense weights and forget them (nothing when it has them)."""
+        dense = self._dense.pop(scope.name, None)
+        if dense is not None:
+            self.model.get_submodule(scope.consumer.path).weight.copy_(dense)
+        self._shift.pop(scope.name, None)
 
     def __exit__(self, *exc_info) -> None:
-        with torch.no_grad():
-            for name, dense in self._dense.items():
-                self.model.get_submodule(self.scopes[name].consumer.path).weight.copy_(dense)
+        for scope in [self.scopes[name] for name in list(self._dense)]:
+            self.release(scope)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._dense.clear()
+        self._shift.clear()

@@ -18,8 +18,12 @@ class BiasCompensation(Compensation):
     def refit(self, weight: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
               channels: ChannelStatistics) -> tuple[None, torch.Tensor]:
         removed_weight = weight.detach().index_select(1, removed).to(torch.float64)
-        mean = channels.mean.to(device=weight.device, dtype=torch.float64).index_select(0, removed)
-        return None, removed_weight @ mean
+        mean = channels.mean.to(device=weight.device, dtype=torch.float64)
+        shift = removed_weight @ mean.index_select(0, removed)
+        if channels.target_total is not None:  # and the kept channels' drift from the dense model's: W (E y − E x)
+            target = channels.target_mean.to(device=weight.device, dtype=torch.float64)
+            shift = shift + weight.detach().to(torch.float64) @ (target - mean)
+        return None, shift
 
 
 def fold_removed_means(model: nn.Module, scope: PrunableScope, keep: Sequence[int], channel_mean: torch.Tensor) -> None:

@@ -21,7 +21,8 @@ DAMPING = 0.01
 def least_squares_weights(
     weight: torch.Tensor, keep_columns: torch.Tensor, channels: ChannelStatistics, damping: float = DAMPING
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(new kept columns ``[out, k]``, bias shift ``[out]``) minimising E‖W x − (W'_K x_K + b')‖² on calibration data."""
+    """(new kept columns ``[out, k]``, bias shift ``[out]``) minimising E‖W y − (W'_K x_K + b')‖² on calibration
+    data, where y is x itself or, when the statistics carry a target stream (``cross``), the dense model's input."""
     if channels.gram is None:
         raise ValueError("least-squares compensation needs second moments: collect statistics with gram=True")
     count = float(channels.count)
@@ -34,7 +35,9 @@ def least_squares_weights(
     system[:size, size] = system[size, :size] = mean[kept]
     system[size, size] = 1.0
     system[:size, :size] += damping * float(system.diagonal()[:size].mean()) * torch.eye(size, dtype=torch.float64)
-    cross = torch.cat([second[kept], mean[None]])  # E[[x_K; 1] xᵀ]
+    # E[[x_K; 1] yᵀ] with y the input whose dense output is reproduced: x itself, or the dense model's (asymmetric)
+    target_second = channels.cross / count if channels.cross is not None else second
+    cross = torch.cat([target_second[kept], channels.target_mean[None]])
     dense = weight.detach().to(device="cpu", dtype=torch.float64)
     solution = torch.linalg.solve(system, cross @ dense.T)  # [k + 1, out]
     return solution[:size].T, solution[size]

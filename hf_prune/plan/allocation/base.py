@@ -93,6 +93,10 @@ class Target:
     reads_scores: Callable[[PruningConfig], bool] = _always
     #: whether the rule itself reads calibration rows (besides any the scores need)
     reads_rows: bool = False
+    #: whether the rule measures candidates with the cut's compensation applied, so it reads the compensation's
+    #: statistics of the dense model before the cut (second moments for least squares) even when the cut itself
+    #: refits on the pruned model's activations
+    compensates_candidates: bool = False
 
 
 def as_target(value: Target | Callable[[AllocationRequest], Allocation]) -> Target:

@@ -11,7 +11,10 @@ around a plan says what each single change would add to it.
 not fit on the device: one pass over the layers, in which each layer, made resident once, runs the plan's
 activations, every candidate of its own scopes, and every candidate of the layers before it. It holds
 one activation per candidate instead of every layer's inputs, and loads each layer's weights once per
-pass instead of once per candidate that reaches it.
+pass instead of once per candidate that reaches it. Compensated, it carries the calibration rows along the same
+pass (a :class:`~hf_prune.cut.walk.LayerWalk`) and refits each layer's candidates from statistics gathered at that
+layer, then drops them: one layer's second moments at a time, never every layer's, and nothing kept of a layer once
+it has left memory — so a compensated search runs on a model offloaded layer by layer (``--layerwise``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ...adapters import ModelAdapter, PrunableScope
 from ...calibration.statistics import first_layer_inputs
 from ...cut.compensation import TemporaryCompensation
 from ...cut.masks import GroupMasks
-from ...errors import ConfigError
+from ...cut.walk import LayerWalk
 from ...runtime.offload import execution_device, has_offloaded_weights, resident
 
 
@@ -43,6 +46,7 @@ class CostMeter(AbstractContextManager):
         self.model, self.adapter = model, adapter
         self.layers = adapter.decoder_layers(model)
         self.scopes = {scope.name: scope for scope in scopes}
+        self.batch_size = batch_size
         self.batches = list(rows.split(batch_size))
         device = execution_device(model)
         self.current = {name: torch.ones(scope.num_groups, device=device) for name, scope in self.scopes.items()}
@@ -162,18 +166,56 @@ class SweepCostMeter(CostMeter):
 
     The costs are the same numbers (the same computations in another order; tested). Candidate
     activations are kept in CPU memory when the model is offloaded, on the activations' device otherwise.
+
+    With a ``compensation``, ``calibration_rows`` are walked along each pass: when a layer is resident, the
+    statistics of its consumers' inputs are gathered on those rows (earlier layers as in the plan, compensated; this
+    layer dense), its candidates and its part of the plan are compensated from them, and on leaving the layer its
+    consumers are dense again and the statistics dropped. Around the dense model these are the dense statistics, so
+    the first table equals :class:`CostMeter`'s; around a plan they are those of the plan's own activations, as the
+    cut's refit on pruned inputs sees them.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, calibration_rows: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.offloaded = has_offloaded_weights(self.model)
-        if self.offloaded and self.compensation is not None:
-            raise ConfigError("compensated search costs cannot be measured on an offloaded model (the compensated "
-                             "weights would be dropped with the layer); load the model without offload")
+        if self.compensation is not None and calibration_rows is None:
+            raise ValueError("a compensated sweep gathers each layer's statistics on the calibration rows: pass them")
+        self.calibration_rows = calibration_rows
+        self._resident_layer: int | None = None
         layer_ids = {id(module) for layer in self.layers for module in layer.modules()}
         # embeddings, final norm and head: everything the model runs outside its decoder layers
         self._outside = [module for module in self.model.modules()
                          if id(module) not in layer_ids and next(module.parameters(recurse=False), None) is not None]
+
+    def _compensate(self, name: str) -> None:
+        """A consumer is compensated only while its layer is resident (its statistics exist only then)."""
+        if self.scopes[name].layer == self._resident_layer:
+            super()._compensate(name)
+
+    @contextmanager
+    def _compensated(self, index: int, layer: nn.Module, walk: LayerWalk | None) -> Iterator[None]:
+        """Inside: layer ``index``'s consumers compensated for the plan from statistics gathered on the walk's rows."""
+        if walk is None:
+            yield
+            return
+        compensation = self.compensation
+        here = [scope for scope in compensation.scopes.values() if scope.layer == index]
+        plan = {scope.name: self.current[scope.name].clone() for scope in here}
+        for scope in here:  # the statistics of the whole input: this layer's own masks off while gathering
+            self.current[scope.name].fill_(1.0)
+        gathered = walk.statistics(layer, here, gram=compensation.compensation.second_moments)
+        compensation.stats.channels.update(gathered.channels)
+        self._resident_layer = index
+        try:
+            for scope in here:
+                self.current[scope.name].copy_(plan[scope.name])
+                self._compensate(scope.name)
+            yield
+        finally:
+            self._resident_layer = None
+            for scope in here:
+                compensation.release(scope)
+                compensation.stats.channels.pop(scope.name, None)
 
     @torch.no_grad()
     def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
@@ -197,9 +239,12 @@ class SweepCostMeter(CostMeter):
         for index, (scope, _, _) in enumerate(requests):
             by_layer.setdefault(scope.layer, []).append(index)
         total = sum(len(self.layers) - scope.layer for scope, _, _ in requests) + len(self.layers)
+        walk = None
+        if self.compensation is not None:
+            walk = LayerWalk(self.model, self.layers, self.calibration_rows, self.batch_size)
         with tqdm(total=total, desc=desc, unit="layer", leave=False, disable=desc is None) as bar:
             for index, layer in enumerate(self.layers):
-                with resident([layer]):
+                with resident([layer]), self._compensated(index, layer, walk):
                     started = [i for i, stream in enumerate(streams) if stream is not None]
                     for i in started:  # candidates of earlier layers: this layer as in the plan
                         streams[i] = self._layer(layer, streams[i])
@@ -208,6 +253,8 @@ class SweepCostMeter(CostMeter):
                         with self._changed(scope, mask):
                             streams[i] = self._layer(layer, base)
                     base = self._layer(layer, base)
+                    if walk is not None and index + 1 < len(self.layers):
+                        walk.advance(layer)  # the calibration rows on through the layer as in the plan
                 candidates = len(started) + len(by_layer.get(index, []))
                 self.layer_passes += candidates
                 bar.update(candidates + 1)

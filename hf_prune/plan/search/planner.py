@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ...adapters import PrunableScope, get_adapter
+from ...calibration.statistics import CalibrationStatistics
 from ...cut.compensation import TemporaryCompensation
 from ...errors import BudgetError, ConfigError
 from ...registry import COMPENSATIONS
@@ -158,16 +159,20 @@ def _check(request: AllocationRequest) -> None:
 
 def _meter(request: AllocationRequest) -> CostMeter:
     """The meter of the costs: one pass over the layers with --sequential, cached layer inputs otherwise; every
-    candidate measured compensated when the cut will compensate."""
+    candidate measured compensated when the cut will compensate — from the dense model's statistics, or, in a
+    sweep, from statistics it gathers one layer at a time (into a record of its own)."""
     model, config = request.model, request.config
+    adapter = get_adapter(model)
+    sweep = config.calibration.sequential
     compensation = None
     if config.compensate != "none":  # measure every candidate as it will be cut: compensated
-        compensation = TemporaryCompensation(model, request.scopes, request.statistics,
-                                             COMPENSATIONS[config.compensate]())
-    meter_class = SweepCostMeter if config.calibration.sequential else CostMeter
-    adapter = get_adapter(model)
-    return meter_class(model, adapter, adapter.scopes(model), request.held_out_rows, config.calibration.batch_size,
-                       compensation)
+        statistics = CalibrationStatistics() if sweep else request.statistics
+        compensation = TemporaryCompensation(model, request.scopes, statistics, COMPENSATIONS[config.compensate]())
+    if sweep:
+        return SweepCostMeter(model, adapter, adapter.scopes(model), request.held_out_rows,
+                              config.calibration.batch_size, compensation, calibration_rows=request.rows)
+    return CostMeter(model, adapter, adapter.scopes(model), request.held_out_rows, config.calibration.batch_size,
+                     compensation)
 
 
 class _Search:
@@ -244,4 +249,4 @@ def describe_search(report: PruningReport) -> list[str]:
             f"{len(a['rounds'])} solve(s), {kept_rounds}; {a['search_seconds']:.1f}s"]
 
 
-SEARCH = Target(plan_by_search, describe=describe_search, reads_rows=True)
+SEARCH = Target(plan_by_search, describe=describe_search, reads_rows=True, compensates_candidates=True)
