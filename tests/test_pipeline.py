@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prune
+import hf_prune.run.stages
 from hf_prune.data import DEFAULT_MODEL_DIR
 from hf_prune.run.cli import build_prune_parser, main, prune_settings
 
@@ -117,6 +118,23 @@ def test_private_repo_on_a_branch(capsys, monkeypatch, tmp_path):
     assert hub.created == [{"repo_id": "me/x", "private": True, "token": None}]
     assert hub.branches == [{"repo_id": "me/x", "branch": "v1"}]
     assert [upload["revision"] for upload in hub.uploads] == ["v1"]
+
+
+@pytest.mark.parametrize("target", ["uniform", "search"])
+def test_a_sparsity_the_selected_units_cannot_hold_is_refused_before_the_model_loads(capsys, monkeypatch, tmp_path,
+                                                                                     target):
+    """MLP neurons hold 73% of the embedded default's prunable parameters: 90% is refused from the config's shapes,
+    before minutes of loading and calibration, in memory and layer by layer."""
+    def never(*args, **kwargs):
+        raise AssertionError("loaded a model for a run that the config alone refuses")
+
+    monkeypatch.setattr(hf_prune.run.stages, "load_model", never)
+    monkeypatch.setattr(hf_prune.run.stages, "load_offloaded", never)
+    for layerwise in ([], ["--layerwise"]):
+        code, _, err = run(capsys, "--target", target, "--units", "mlp", "--sparsity", "0.9", *layerwise,
+                           "--output", tmp_path / "o")
+        assert code == 2 and "sparsity 0.9 is more than the selected units hold (--units mlp: 73%" in err
+        assert "--units all" in err and not (tmp_path / "o").exists()
 
 
 def test_a_scoring_flag_without_scoring_is_refused(capsys, tmp_path):

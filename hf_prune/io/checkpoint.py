@@ -75,6 +75,15 @@ def load_config(name_or_path: str) -> Any:
     return config
 
 
+def empty_model(name_or_path: str) -> PreTrainedModel:
+    """The model of ``name_or_path``'s config with every weight on ``meta``: its shapes, for checks that must come
+    before minutes of loading (no memory, no weight file read)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(load_config(name_or_path))
+
+
 def check_weight_files(name_or_path: str) -> None:
     """Open every safetensors file of a local checkpoint before loading: a truncated or corrupt file is
     named in one line instead of failing deep inside the loader."""

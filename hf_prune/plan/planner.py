@@ -51,6 +51,22 @@ def needs_dense_second_moments(config: PruningConfig) -> bool:
     return target_of(config).compensates_candidates and not config.calibration.sequential
 
 
+def check_budget(model: nn.Module, config: PruningConfig) -> None:
+    """Refuse a sparsity that the selected units cannot hold, from the shapes alone (a model on ``meta`` will do),
+    so that it is refused before the model is loaded or a token is processed."""
+    if config.sparsity is None:
+        return
+    scopes = get_adapter(model).scopes(model)
+    per_group = {scope.name: scope.params_per_group(model) for scope in scopes}
+    request = AllocationRequest(scopes=[scope for scope in scopes if config.selects(scope.kind)],
+                                params_per_group=per_group, sparsity=config.sparsity,
+                                total_prunable=sum(scope.num_groups * per_group[scope.name] for scope in scopes))
+    if request.selected_params < round(config.sparsity * request.total_prunable):
+        held = request.selected_params / request.total_prunable
+        raise BudgetError(f"sparsity {config.sparsity:g} is more than the selected units hold (--units "
+                          f"{config.units}: {held:.0%} of the prunable parameters); {request.remedy()}")
+
+
 def needs_calibration(config: PruningConfig) -> bool:
     """Whether the run reads calibration text (data-driven scores, compensation, or a rule that reads rows)."""
     return target_of(config).reads_rows or bool(needed_statistics(config))

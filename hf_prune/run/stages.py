@@ -30,6 +30,7 @@ from ..io.artifacts import write_run_artifacts
 from ..io.checkpoint import (
     check_quantization_available,
     device_map_for,
+    empty_model,
     load_config,
     load_model,
     load_tokenizer,
@@ -42,7 +43,7 @@ from ..io.checkpoint import (
 from ..io.hub import HubError, push_folder
 from ..io.layerwise import LayerByLayer, ShardWriter, dense_layer_bytes, finish_meta_model, load_offloaded
 from ..plan.hyperflux.state import check_saved_state
-from ..plan.planner import calibration_ids, make_plan
+from ..plan.planner import calibration_ids, check_budget, make_plan
 from ..quality import headline_scores, paired_perplexity, retention_table, run_lm_eval
 from ..registry import EXPORTS, RECOVERIES
 from ..report import PruningReport
@@ -94,6 +95,7 @@ def check_before_loading(run: Run) -> None:
     options.check_with(config, loaded=run.source is None, processes=process_state().num_processes)
     if options.quantize_bits is not None:
         check_quantization_available(options.quantize_bits)
+    check_budget(run.model if run.source is None else empty_model(run.source), config)
     if options.output_dir is not None:
         prepare_output_dir(options.output_dir, options.overwrite)
     if config.learned:
