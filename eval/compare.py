@@ -44,6 +44,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from hf_prune import PruningConfig
 from hf_prune.adapters import count_parameters, get_adapter
 from hf_prune.calibration.statistics import CalibrationStatistics, collect_channel_statistics, collect_taylor_statistics
 from hf_prune.cut.apply import apply_pruning
+from hf_prune.corpus import resolve_split_file
 from hf_prune.cut.masks import GroupMasks, keep_masks
 from hf_prune.plan.planner import calibration_ids, make_plan
 from hf_prune.quality import NEXT_SENTENCE_TASK, fixed_token_set, window_nll
@@ -78,7 +80,10 @@ MODELS = {
 }
 # settings that only choose which rows run (a row records its model, method, seed and budget), not what a row measures
 ROW_SELECTORS = {"models", "methods", "seeds", "sparsities", "costly_seeds"}
-COSTLY_METHODS = {"Hyperflux (uniform init)", "search (activation)", "search + least squares (activation)"}
+COSTLY_METHODS = {"Hyperflux (uniform init)", "search (activation)", "search + least squares (activation)",
+                  "search + least squares on dense inputs (activation)",
+                  "search + least squares, asymmetric (activation)",
+                  "search + least squares, one pass per layer (activation)"}
 TORCH_PRUNING_RESULTS = RESULTS_DIR / "torch_pruning_smollm2.json"
 
 
@@ -131,11 +136,13 @@ def outcome_of(ctx: Context, config: PruningConfig, plan: Any) -> Outcome:
     return Outcome(model=pruned, achieved=report.achieved_sparsity, counts=report.plan)
 
 
-def hf_prune_method(target: str, units: str, importance: str, compensate: str = "none") -> Callable:
+def hf_prune_method(target: str, units: str, importance: str, compensate: str = "none",
+                    refit_on: str = "pruned") -> Callable:
     def run(ctx: Context, sparsity: float) -> Outcome:
         config = PruningConfig(target=target, units=units, sparsity=sparsity, importance=importance,
-                               compensate=compensate, calibration="reference", seed=ctx.seed)
-        return outcome_of(ctx, config, make_plan(ctx.model, config, statistics=ctx.stats))
+                               compensate=compensate, refit_on=refit_on, calibration="reference", seed=ctx.seed)
+        # the rows go with the shared statistics: a refit on pruned inputs walks them through the cut layers
+        return outcome_of(ctx, config, make_plan(ctx.model, config, input_ids=ctx.calibration, statistics=ctx.stats))
 
     return run
 
@@ -150,13 +157,14 @@ def hyperflux_method(ctx: Context, sparsity: float) -> Outcome:
     return Outcome(kept=make_plan(ctx.model, config, input_ids=rows).kept)
 
 
-def search_method(compensate: str = "none") -> Callable:
+def search_method(compensate: str = "none", refit_on: str = "pruned", sequential: bool = False) -> Callable:
     def run(ctx: Context, sparsity: float) -> Outcome:
         """Measured costs on the held-out rows, ordered by the shared activation scores; the first cost table
         is measured once per seed (cached in the statistics) and reused at every budget."""
         config = PruningConfig.from_dict(dict(
-            target="search", sparsity=sparsity, importance="activation", compensate=compensate, calibration="reference",
-            seed=ctx.seed, search_rows=ctx.held_out.shape[0], **ctx.search))
+            target="search", sparsity=sparsity, importance="activation", compensate=compensate, refit_on=refit_on,
+            calibration="reference", seed=ctx.seed, search_rows=ctx.held_out.shape[0], sequential=sequential,
+            **ctx.search))
         rows = torch.cat([ctx.calibration, ctx.held_out])  # make_plan holds out the last search_rows rows
         return outcome_of(ctx, config, make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats))
 
@@ -189,9 +197,17 @@ METHODS: dict[str, tuple[str, Callable]] = {  # label -> (who, run)
     "EMP + bias (fluctuation)": ("hf-prune", hf_prune_method("emp", "all", "fluctuation", "bias")),
     "uniform, MLP only + least squares (activation)": ("hf-prune", hf_prune_method("uniform", "mlp", "activation",
                                                                                    "lstsq")),
+    "uniform, MLP only + least squares on dense inputs (activation)": ("hf-prune", hf_prune_method(
+        "uniform", "mlp", "activation", "lstsq", refit_on="dense")),
+    "uniform, MLP only + least squares, asymmetric (activation)": ("hf-prune", hf_prune_method(
+        "uniform", "mlp", "activation", "lstsq", refit_on="asymmetric")),
     "Hyperflux (uniform init)": ("hf-prune", hyperflux_method),
     "search (activation)": ("hf-prune", search_method()),
     "search + least squares (activation)": ("hf-prune", search_method("lstsq")),
+    "search + least squares on dense inputs (activation)": ("hf-prune", search_method("lstsq", refit_on="dense")),
+    "search + least squares, asymmetric (activation)": ("hf-prune", search_method("lstsq", refit_on="asymmetric")),
+    # what --layerwise / --device-map run: costs in one pass over the layers, each layer's statistics gathered there
+    "search + least squares, one pass per layer (activation)": ("hf-prune", search_method("lstsq", sequential=True)),
     "FLAP": ("peer", peer(lambda c, s: flap.flap_plan(c.model, c.scopes, c.stats, s))),
     "Wanda-sp": ("peer", peer(lambda c, s: wanda_sp.wanda_sp_plan(c.model, c.scopes, c.layers, c.calibration, s,
                                                                   batch_size=c.batch_size))),
@@ -346,7 +362,8 @@ def run_model(name: str, args: argparse.Namespace, progress: Progress) -> None:
     tokenizer = AutoTokenizer.from_pretrained(spec.path)
     adapter = get_adapter(model)
     scopes = adapter.scopes(model)
-    tokens = fixed_token_set(tokenizer, num_windows=args.eval_windows, seq_len=args.eval_seq_len)
+    tokens = fixed_token_set(tokenizer, args.texts[1] if args.off_domain else None, num_windows=args.eval_windows,
+                             seq_len=args.eval_seq_len)
     dense = window_nll(model, tokens, batch_size=args.batch_size)
     dense_ppl, params_dense = math.exp(float(dense.mean())), count_parameters(model)
     dense_mc = multiple_choice(model, tokenizer, args.mc_items, args.batch_size) if args.mc_items else {}
@@ -366,7 +383,9 @@ def run_model(name: str, args: argparse.Namespace, progress: Progress) -> None:
             for label, sparsity in todo:
                 progress.add(progress.lookup(name, label, seed, sparsity))
             continue
-        config = PruningConfig.from_dict(dict(importance="activation", calibration="reference", seq_len=args.seq_len,
+        calibration_source = args.texts[0] if args.off_domain else "reference"
+        config = PruningConfig.from_dict(dict(importance="activation", calibration=calibration_source,
+                                              seq_len=args.seq_len,
                                               calibration_samples=args.calibration_samples + args.search_rows,
                                               seed=seed))
         # one token stream: the first rows are every method's calibration, the rest only the search's cost rows
@@ -424,14 +443,40 @@ def table_methods(rows: list[dict[str, Any]], model: str) -> list[str]:
     return [m for m in dict.fromkeys(r["method"] for r in rows if r["model"] == model) if m != "dense"]
 
 
+def _scored_text(args: argparse.Namespace) -> str:
+    if args.off_domain:
+        return f"corpus test split, source {args.off_domain!r} only: text of a domain calibration never saw"
+    return "corpus test split"
+
+
+def _calibration_text(args: argparse.Namespace) -> str:
+    return f" without source {args.off_domain!r}" if args.off_domain else ""
+
+
+def off_domain_texts(source: str, directory: Path) -> tuple[str, str]:
+    """(calibration file: the corpus train split without ``source``; test file: the test split of ``source`` only),
+    written into ``directory`` as JSONL, so that quality is also scored on a domain the calibration never saw."""
+    written = []
+    for split, keep in (("train", lambda doc: doc["source"] != source), ("test", lambda doc: doc["source"] == source)):
+        lines = resolve_split_file(None, split).read_text().splitlines()
+        kept = [line for line in lines if line.strip() and keep(json.loads(line))]
+        if split == "test" and not kept:
+            sources = sorted({json.loads(line)["source"] for line in lines if line.strip()})
+            sys.exit(f"error: the corpus has no source {source!r}; its sources: {', '.join(sources)}")
+        path = directory / f"{split}-{'without' if split == 'train' else 'only'}-{source}.jsonl"
+        path.write_text("\n".join(kept) + "\n")
+        written.append(str(path))
+    return written[0], written[1]
+
+
 def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Perplexity ratio pruned/dense on {args.eval_windows} fixed held-out windows of {args.eval_seq_len} tokens "
-        f"(corpus test split), mean over the calibration seeds measured ({args.seeds}; [1 seed] marks a cell "
+        f"({_scored_text(args)}), mean over the calibration seeds measured ({args.seeds}; [1 seed] marks a cell "
         f"measured on the first only); ± is the paired standard error of the mean per-token NLL difference (first "
         f"seed); achieved share of prunable (attention + MLP) parameters removed in brackets. Calibration: "
-        f"{args.calibration_samples} x {args.seq_len} tokens of the train split, the same rows for every method of a "
-        f"seed. Hyperflux: {args.hyperflux_steps} + {args.hyperflux_regrowth} gate steps of 4 x "
+        f"{args.calibration_samples} x {args.seq_len} tokens of the train split{_calibration_text(args)}, the same "
+        f"rows for every method of a seed. Hyperflux: {args.hyperflux_steps} + {args.hyperflux_regrowth} gate steps of 4 x "
         f"{args.hyperflux_row_len} tokens. SmolLM2 = Q4_1-dequantized SmolLM2-135M-Instruct.",
         "",
     ]
@@ -523,6 +568,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="calibration rows after the scored ones on which the search measures costs")
     parser.add_argument("--search-mlp-levels", type=int, default=8, help="the search's first grid of MLP widths")
     parser.add_argument("--search-refine-rounds", type=int, default=2, help="the search's refinement rounds")
+    parser.add_argument("--off-domain", metavar="SOURCE", default=None,
+                        help="calibrate on the corpus train split without this source (e.g. gcide) and score on this "
+                             "source's test split only: quality on text of a domain calibration never saw")
     parser.add_argument("--quick", action="store_true", help="reference model, seed 0, 35%%")
     parser.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run with these settings")
     parser.add_argument("--name", default=None, help="output name (default compare[_quick])")
@@ -536,8 +584,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         finished=args.out_dir / f"{name}.json")
     torch.manual_seed(0)
     started = time.perf_counter()
-    for model in args.models:
-        run_model(model, args, progress)
+    with tempfile.TemporaryDirectory(prefix="hf-prune-compare-") as scratch:
+        args.texts = off_domain_texts(args.off_domain, Path(scratch)) if args.off_domain else None
+        for model in args.models:
+            run_model(model, args, progress)
     rows = progress.rows
     markdown = render(rows, args)
     meta = {**settings, "seconds": time.perf_counter() - started, "machine": platform.platform(),

@@ -108,3 +108,23 @@ def test_torch_pruning_rows_only_on_the_same_windows(tmp_path):
         assert compare.torch_pruning_rows("reference", 31.63, path) == []
     finally:
         path.unlink()
+
+
+def test_off_domain_calibrates_without_a_source_and_scores_on_it_alone(tmp_path, corpus):
+    """--off-domain SOURCE: calibration from the train split without SOURCE, scoring on SOURCE's test split only."""
+    for split in ("train", "test"):
+        with open(corpus / f"{split}.jsonl", "w") as handle:
+            for i in range(30):
+                source = "held" if i % 3 == 0 else "seen"
+                handle.write(json.dumps({"text": f"{source} {i} {SAMPLE_TEXT}", "source": source}) + "\n")
+    calibration, test = compare.off_domain_texts("held", tmp_path)
+    train_docs = [json.loads(line) for line in Path(calibration).read_text().splitlines()]
+    test_docs = [json.loads(line) for line in Path(test).read_text().splitlines()]
+    assert len(train_docs) == 20 and {d["source"] for d in train_docs} == {"seen"}
+    assert len(test_docs) == 10 and {d["source"] for d in test_docs} == {"held"}
+    with pytest.raises(SystemExit, match="no source 'absent'; its sources: held, seen"):
+        compare.off_domain_texts("absent", tmp_path)
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "tiny", attention_bias=False, mlp_bias=False)
+    rows = compare.main(["--models", model_dir, *TINY_RUN, "--out-dir", str(tmp_path / "out"), "--off-domain", "held",
+                         "--methods", "uniform, MLP only + least squares (activation)"])
+    assert rows[1]["ratio"] > 0 and "source 'held' only" in (tmp_path / "out" / "t.md").read_text()
