@@ -59,13 +59,14 @@ def assert_same_checkpoint(layerwise: Path, in_memory: Path) -> None:
             assert TIMINGS.sub("", a.read_text()) == TIMINGS.sub("", b.read_text()), name
 
 
-@pytest.mark.parametrize("compensate", ["none", "bias", "lstsq"])
-def test_layerwise_pipeline_writes_what_the_in_memory_pipeline_writes(family, compensate, tmp_path):
+@pytest.mark.parametrize("compensate, refit_on", [("none", "pruned"), ("bias", "pruned"), ("lstsq", "pruned"),
+                                                  ("lstsq", "asymmetric")])
+def test_layerwise_pipeline_writes_what_the_in_memory_pipeline_writes(family, compensate, refit_on, tmp_path):
     source = save_sharded(family, tmp_path / "dense", dtype=torch.bfloat16)
     calibration = write_calibration_file(tmp_path / "calibration.jsonl")
 
     def config():
-        return PruningConfig.from_dict({"target": "emp", "sparsity": 0.4, "compensate": compensate,
+        return PruningConfig.from_dict({"target": "emp", "sparsity": 0.4, "compensate": compensate, "refit_on": refit_on,
                                         "calibration": calibration, "calibration_samples": 6, "seq_len": 32,
                                         "sequential": True})
 
