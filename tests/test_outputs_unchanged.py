@@ -5,7 +5,9 @@ wrote when the snapshot was taken (``tests/fixtures/outputs_snapshot.json``, wri
 History of the snapshot: first written at 87a67ab, before the package was reorganised (the reorganisation then wrote
 the same files). Rewritten when ``--refit-on`` came: the cases that compensate pass ``--refit-on dense``, and against
 the old snapshot they differed only by the two new keys (``refit_on``, ``refit``) and the card's line of options —
-every tensor byte-identical. Rewrite it only for such a change, and say in the commit what differed."""
+every tensor byte-identical. Rewritten again when the card's scoring command became ``--eval-tasks`` (it still said
+``--tasks``, which ``hf-prune eval`` refuses) and the search's line says the cut refits on pruned activations: only
+those two lines of the cards differ. Rewrite it only for such a change, and say in the commit what differed."""
 
 from __future__ import annotations
 

@@ -283,6 +283,24 @@ def test_the_card_links_a_hub_base_model_and_not_a_local_path():
     assert hub_id_or_none("a/b/c") is None and hub_id_or_none("Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"
 
 
+def test_the_commands_the_card_gives_parse():
+    """Every ``hf-prune ...`` command a model card tells its reader to run is accepted by hf-prune's own parser
+    (the card once kept ``hf-prune eval --tasks`` after the flag became ``--eval-tasks``)."""
+    import re
+    import shlex
+
+    from hf_prune.io.card import model_card
+    from hf_prune.report import PruningReport
+    from hf_prune.run.cli import build_eval_parser
+
+    report = PruningReport(config={"target": "uniform", "sparsity": 0.3, "importance": "activation"}, layers=[],
+                           params_before=10, params_after=7, prunable_before=10, prunable_after=7)
+    commands = re.findall(r"hf-prune (eval [^`\n]*)", model_card(report, repo_id="me/x").text)
+    assert commands
+    for command in commands:
+        build_eval_parser().parse_args(shlex.split(command.replace("<this directory or repo>", "me/x"))[1:])
+
+
 def test_a_recipe_may_nest_the_sections(tmp_path):
     from hf_prune.config import load_recipe
 

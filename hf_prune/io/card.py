@@ -123,7 +123,7 @@ are physically smaller and faster; no sparse kernel is needed.
 {bullets}
 
 {sections}
-{load}Score it like any model: `hf-prune eval --model {where} --tasks hellaswag,arc_easy`.
+{load}Score it like any model: `hf-prune eval --model {where} --eval-tasks hellaswag,arc_easy`.
 
 ## Kept per layer
 

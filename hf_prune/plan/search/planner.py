@@ -245,8 +245,11 @@ def _choices(request: AllocationRequest, requests, measured: list[float], base: 
 def describe_search(report: PruningReport) -> list[str]:
     a = report.allocation
     kept_rounds = f"{a['rounds_kept']} refinement round(s) kept" if a["rounds"][1:] else "no refinement"
+    config = report.config
+    refit = ("; the cut then refit each layer on the pruned activations, so the written model's KL differs a little"
+             if config.get("compensate", "none") != "none" and config.get("refit_on", "dense") != "dense" else "")
     return [f"search: held-out KL {a['search_kl']:.4f} nats/token on {a['held_out_rows']} held-out rows; "
-            f"{len(a['rounds'])} solve(s), {kept_rounds}; {a['search_seconds']:.1f}s"]
+            f"{len(a['rounds'])} solve(s), {kept_rounds}; {a['search_seconds']:.1f}s{refit}"]
 
 
 SEARCH = Target(plan_by_search, describe=describe_search, reads_rows=True, compensates_candidates=True)
