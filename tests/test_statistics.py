@@ -40,14 +40,15 @@ def test_channel_statistics_are_float64_running_sums():
     torch.testing.assert_close(stats.variance, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("importance", ["activation", "taylor"])
-def test_two_processes_equal_one(tmp_path, importance):
-    """`accelerate launch` with 2 CPU processes (gloo): reduced scores and the pruned weights equal 1 process."""
+@pytest.mark.parametrize("importance, compensate", [("activation", "lstsq"), ("taylor", "bias")])
+def test_two_processes_equal_one(tmp_path, importance, compensate):
+    """`accelerate launch` with 2 CPU processes (gloo): reduced scores and the pruned weights equal 1 process; the
+    cut's refit on pruned activations sums each layer's statistics (second moments too) over both processes."""
     model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
     calibration = write_calibration_file(tmp_path / "calib.jsonl")
     common = ["--model", model_dir, "--target", "emp", "--importance", importance, "--sparsity", "0.3",
               "--calibration", calibration, "--calibration-samples", "8", "--seq-len", "32",
-              "--compensate", "bias"]
+              "--compensate", compensate, "--units", "all"]
     single = subprocess.run([sys.executable, "-m", "hf_prune", *common, "--output", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
@@ -56,6 +57,8 @@ def test_two_processes_equal_one(tmp_path, importance):
     assert double.returncode == 0, double.stderr[-3000:]
     assert "calibration: 256 tokens over 1 process(es)" in single.stdout
     assert "calibration: 256 tokens over 2 process(es)" in double.stdout  # each process saw half of the rows
+    for output in (single.stdout, double.stdout):  # the walk's tokens, summed over the processes (lines may wrap)
+        assert "passes over 256 tokens" in " ".join(output.split())
 
     one, two = load_file(tmp_path / "one" / "scores" / "importance.safetensors"), load_file(tmp_path / "two" / "scores" / "importance.safetensors")
     assert one.keys() == two.keys()

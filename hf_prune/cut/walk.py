@@ -48,7 +48,8 @@ class LayerWalk:
         self._dense_hidden = list(self._hidden) if asymmetric else None
         self._dense_layer: nn.Module | None = None
         self._names = {id(module): name for name, module in model.named_modules()}
-        self.tokens = int(mine.numel())  # this process's, until the first statistics sum them
+        self._mine = int(mine.numel())
+        self.tokens = self._mine  # this process's, until the first statistics sum every process's
         self.layer_passes = 0
 
     @property
@@ -85,9 +86,9 @@ class LayerWalk:
             finally:
                 for handle in handles:
                     handle.remove()
-        stats.tokens = int(self.tokens)
+        stats.tokens = self._mine
         stats.reduce_across_processes()
-        self.tokens = stats.tokens  # every process's rows from now on
+        self.tokens = stats.tokens  # every process's
         return stats
 
     def advance(self, layer: nn.Module) -> None:
