@@ -65,14 +65,14 @@ class ChannelStatistics:
         self.total += flat.sum(dim=0).cpu()
         self.total_sq += flat.pow(2).sum(dim=0).cpu()
         if self.gram is not None:
-            self.gram += (flat.T @ flat).cpu()
+            _add_product(self.gram, flat, flat)
         if self.target_total is not None:
             if target is None:
                 raise ValueError("these statistics pair every input with the target stream's: give the target")
             other = target.detach().reshape(-1, target.shape[-1]).to(torch.float64)
             self.target_total += other.sum(dim=0).cpu()
             if self.cross is not None:
-                self.cross += (flat.T @ other).cpu()
+                _add_product(self.cross, flat, other)
 
     @property
     def target_mean(self) -> torch.Tensor:
@@ -93,6 +93,15 @@ class ChannelStatistics:
         """Unbiased variance across tokens (FLAP's fluctuation of the channel)."""
         centered = self.total_sq - self.total.pow(2) / self.count
         return (centered / (self.count - 1)).clamp_min(0.0)
+
+
+def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``total += leftᵀ right``: in place on the CPU (no d×d temporary beside a d×d sum); on an accelerator the
+    product is formed there and moved."""
+    if left.device.type == "cpu":
+        total.addmm_(left.T, right)
+    else:
+        total += (left.T @ right).cpu()
 
 
 @dataclass

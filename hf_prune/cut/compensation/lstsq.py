@@ -22,24 +22,30 @@ def least_squares_weights(
     weight: torch.Tensor, keep_columns: torch.Tensor, channels: ChannelStatistics, damping: float = DAMPING
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(new kept columns ``[out, k]``, bias shift ``[out]``) minimising E‖W y − (W'_K x_K + b')‖² on calibration
-    data, where y is x itself or, when the statistics carry a target stream (``cross``), the dense model's input."""
+    data, where y is x itself or, when the statistics carry a target stream (``cross``), the dense model's input.
+
+    Nothing of the size of the d×d second moments is copied: the kept block is indexed once (k×k) and the right-hand
+    side is formed as (Σ x yᵀ) Wᵀ before its kept rows are taken, so a layer costs its statistics plus k×k, not
+    several d×d matrices (measured by ``eval/bench_layerwise_memory.py``).
+    """
     if channels.gram is None:
         raise ValueError("least-squares compensation needs second moments: collect statistics with gram=True")
     count = float(channels.count)
-    second = channels.gram / count  # E[x xᵀ]
-    mean = channels.total / count
     kept = keep_columns.cpu()
     size = kept.numel()
     system = torch.empty(size + 1, size + 1, dtype=torch.float64)  # moments of [x_K; 1]
-    system[:size, :size] = second[kept][:, kept]
-    system[:size, size] = system[size, :size] = mean[kept]
+    system[:size, :size] = channels.gram[kept[:, None], kept] / count
+    mean = channels.total.index_select(0, kept) / count
+    system[:size, size] = system[size, :size] = mean
     system[size, size] = 1.0
-    system[:size, :size] += damping * float(system.diagonal()[:size].mean()) * torch.eye(size, dtype=torch.float64)
-    # E[[x_K; 1] yᵀ] with y the input whose dense output is reproduced: x itself, or the dense model's (asymmetric)
-    target_second = channels.cross / count if channels.cross is not None else second
-    cross = torch.cat([target_second[kept], channels.target_mean[None]])
+    system.diagonal()[:size] += damping * float(system.diagonal()[:size].mean())
     dense = weight.detach().to(device="cpu", dtype=torch.float64)
-    solution = torch.linalg.solve(system, cross @ dense.T)  # [k + 1, out]
+    # E[[x_K; 1] (W y)ᵀ] with y the input whose dense output is reproduced: x itself, or the dense model's (asymmetric)
+    moments = channels.cross if channels.cross is not None else channels.gram
+    right = torch.empty(size + 1, dense.shape[0], dtype=torch.float64)
+    right[:size] = (moments @ dense.T).index_select(0, kept) / count
+    right[size] = dense @ channels.target_mean
+    solution = torch.linalg.solve(system, right)  # [k + 1, out]
     return solution[:size].T, solution[size]
 
 

@@ -182,10 +182,12 @@ class SweepCostMeter(CostMeter):
             raise ValueError("a compensated sweep gathers each layer's statistics on the calibration rows: pass them")
         self.calibration_rows = calibration_rows
         self._resident_layer: int | None = None
-        layer_ids = {id(module) for layer in self.layers for module in layer.modules()}
-        # embeddings, final norm and head: everything the model runs outside its decoder layers
+        embeddings = self.model.get_input_embeddings()
+        skipped = {id(module) for layer in self.layers for module in layer.modules()} | {id(embeddings)}
+        # final norm and head: what the model runs after its decoder layers (the embeddings run only in the first
+        # inputs, loaded there by their own hook: resident with the head they would be a second copy of a tied table)
         self._outside = [module for module in self.model.modules()
-                         if id(module) not in layer_ids and next(module.parameters(recurse=False), None) is not None]
+                         if id(module) not in skipped and next(module.parameters(recurse=False), None) is not None]
 
     def _compensate(self, name: str) -> None:
         """A consumer is compensated only while its layer is resident (its statistics exist only then)."""
