@@ -330,7 +330,11 @@ class Progress:
         if seconds is not None:
             self.measured_seconds, self.measured = self.measured_seconds + seconds, self.measured + 1
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"settings": self.settings, "rows": self.rows}, indent=1))
+        # the resumed rows this run has not re-added yet go to disk too: a resumed run interrupted before it reaches
+        # a model (or a method it no longer lists) must not lose what was measured there
+        present = {self.key(row) for row in self.rows if row.get("seed") is not None}
+        carried = [row for key, row in self.saved.items() if key not in present]
+        self.path.write_text(json.dumps({"settings": self.settings, "rows": self.rows + carried}, indent=1))
 
     def eta(self) -> str:
         left = self.total - self.done

@@ -128,3 +128,15 @@ def test_off_domain_calibrates_without_a_source_and_scores_on_it_alone(tmp_path,
     rows = compare.main(["--models", model_dir, *TINY_RUN, "--out-dir", str(tmp_path / "out"), "--off-domain", "held",
                          "--methods", "uniform, MLP only + least squares (activation)"])
     assert rows[1]["ratio"] > 0 and "source 'held' only" in (tmp_path / "out" / "t.md").read_text()
+
+
+def test_an_interrupted_resumed_run_keeps_the_rows_it_has_not_reached(tmp_path):
+    """The partial file of a resumed run holds every resumed row from its first write, so an interruption before a
+    model (or a method no longer listed) is reached loses nothing."""
+    partial = tmp_path / "t.partial.json"
+    saved = [{"model": m, "method": "x", "who": "hf-prune", "seed": 0, "sparsity": 0.2, "ratio": 1.1} for m in "ab"]
+    partial.write_text(json.dumps({"settings": {"seeds": [0]}, "rows": saved}))
+    progress = compare.Progress(partial, {"seeds": [0]}, total=1, resume=True)
+    progress.add({"model": "a", "method": "dense", "who": "dense", "seed": None, "sparsity": 0.0}, planned=False)
+    rows = json.loads(partial.read_text())["rows"]
+    assert {(r["model"], r["method"]) for r in rows} == {("a", "dense"), ("a", "x"), ("b", "x")}
