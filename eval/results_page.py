@@ -104,8 +104,12 @@ README_MARKERS = ("<!-- recommended-table: written by eval/results_page.py from 
                   "<!-- /recommended-table -->")
 README_METHODS = [  # (compare.py label, what the README calls it)
     ("search + least squares (activation)", "**search + least squares** (`recipes/search-lstsq.yaml`)"),
+    ("search + least squares on dense inputs (activation)",
+     "**search + least squares**, refit on dense inputs (`--refit-on dense`)"),
     ("search (activation)", "search, no compensation"),
     ("uniform, MLP only + least squares (activation)", "uniform MLP-only + least squares"),
+    ("uniform, MLP only + least squares on dense inputs (activation)",
+     "uniform MLP-only + least squares, refit on dense inputs"),
     ("uniform, MLP only (activation)", "uniform MLP-only (the command-line default)"),
 ]
 MODEL_NAMES = {"smollm2": "SmolLM2-135M (Q4_1 dequantized)", "reference": "reference (5M)"}
@@ -135,12 +139,46 @@ def recommended_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def update_readme(rows: list[dict], readme: Path = README) -> None:
-    """Replace the table between the README's markers (the README keeps its prose, the numbers come from here)."""
+REFIT_MARKERS = ("<!-- refit-table: written by eval/results_page.py from eval/results/compare_refit.json -->",
+                 "<!-- /refit-table -->")
+REFIT_METHODS = [  # (compare.py label, what the README calls it)
+    ("uniform, MLP only + least squares (activation)", "uniform MLP-only + least squares, `--refit-on pruned`"),
+    ("uniform, MLP only + least squares on dense inputs (activation)", "the same, `--refit-on dense`"),
+    ("uniform, MLP only + least squares, asymmetric (activation)", "the same, `--refit-on asymmetric`"),
+    ("search + least squares (activation)", "search + least squares, `--refit-on pruned`"),
+    ("search + least squares, one pass per layer (activation)", "the same, one pass per layer (`--layerwise`)"),
+]
+
+
+def refit_table(rows: list[dict]) -> list[str]:
+    """The README's table of the three refits, from ``compare_refit.json``: a cell per measured budget, — where a
+    method was not measured at that budget."""
+    cells = measured_cells([row for row in rows if row.get("seed") is not None])
+    sparsities = sorted({sparsity for _, sparsity in cells})
+    lines = ["| model | method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+             "|---|---|" + "---|" * len(sparsities)]
+    for model in [m for m in MODEL_NAMES if any(key[0] == m for key in cells)]:
+        first = True
+        for label, shown in REFIT_METHODS:
+            runs = [cells[model, s].get(("hf-prune", label)) for s in sparsities]
+            if any(runs):
+                lines.append(f"| {MODEL_NAMES[model] if first else ''} | {shown} | "
+                             + " | ".join(f"{mean([r['ratio'] for r in run]):.3f}" if run else "—" for run in runs)
+                             + " |")
+                first = False
+    return lines
+
+
+def replace_between(markers: tuple[str, str], table: list[str], readme: Path = README) -> None:
+    """Replace the table between two README markers (the README keeps its prose, the numbers come from here)."""
     text = readme.read_text()
-    start, end = (text.index(marker) for marker in README_MARKERS)
-    readme.write_text(text[: start + len(README_MARKERS[0])] + "\n" + "\n".join(recommended_table(rows)) + "\n"
-                      + text[end:])
+    start, end = (text.index(marker) for marker in markers)
+    readme.write_text(text[: start + len(markers[0])] + "\n" + "\n".join(table) + "\n" + text[end:])
+
+
+def update_readme(rows: list[dict], readme: Path = README) -> None:
+    """Replace the recommended-recipe table between the README's markers."""
+    replace_between(README_MARKERS, recommended_table(rows), readme)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -165,6 +203,9 @@ def main(argv: list[str] | None = None) -> Path:
     if "compare" in names:
         update_readme(json.loads((RESULTS_DIR / "compare.json").read_text())["rows"])
         print(f"updated the recommended-recipe table in {README}")
+    if "compare_refit" in names:
+        replace_between(REFIT_MARKERS, refit_table(json.loads((RESULTS_DIR / "compare_refit.json").read_text())["rows"]))
+        print(f"updated the refit table in {README}")
     return PAGE
 
 

@@ -48,3 +48,25 @@ def test_the_readme_table_is_the_one_the_full_run_gives():
     table = readme[start + len(results_page.README_MARKERS[0]):end].strip().splitlines()
     assert table == results_page.recommended_table(rows)
     assert any("search + least squares" in line for line in table) and len(table) > 6
+
+
+def test_the_refit_table_is_the_one_its_run_gives():
+    """The README's table of --refit-on pruned / dense / asymmetric is written from eval/results/compare_refit.json."""
+    import json
+
+    rows = json.loads((results_page.RESULTS_DIR / "compare_refit.json").read_text())["rows"]
+    readme = results_page.README.read_text()
+    start, end = (readme.index(marker) for marker in results_page.REFIT_MARKERS)
+    table = readme[start + len(results_page.REFIT_MARKERS[0]):end].strip().splitlines()
+    assert table == results_page.refit_table(rows)
+    assert any("`--refit-on dense`" in line for line in table)
+
+
+def test_a_budget_a_method_was_not_measured_at_is_a_dash():
+    rows = [{**row("hf-prune", "uniform, MLP only + least squares (activation)", s, r), "seed": 0, "model": "smollm2"}
+            for s, r in ((0.2, 1.5), (0.5, 3.0))]
+    rows.append({**row("hf-prune", "uniform, MLP only + least squares, asymmetric (activation)", 0.2, 2.2), "seed": 0,
+                 "model": "smollm2"})
+    table = results_page.refit_table(rows)
+    assert table[2] == "| SmolLM2-135M (Q4_1 dequantized) | uniform MLP-only + least squares, `--refit-on pruned` | 1.500 | 3.000 |"
+    assert table[3] == "|  | the same, `--refit-on asymmetric` | 2.200 | — |"
