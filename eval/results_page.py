@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -115,28 +116,36 @@ README_METHODS = [  # (compare.py label, what the README calls it)
 MODEL_NAMES = {"smollm2": "SmolLM2-135M (Q4_1 dequantized)", "reference": "reference (5M)"}
 
 
-def recommended_table(rows: list[dict]) -> list[str]:
-    """The README's table of the recommended recipe against the default and the best peer, from the full run:
-    each cell the mean over the seeds measured, with their count."""
-    seeded = [row for row in rows if row.get("seed") is not None]  # re-implemented here, not read from elsewhere
-    cells = measured_cells(seeded)
+def method_table(rows: list[dict], methods: list[tuple[str, str]], complete: bool, cell: Callable,
+                 with_peers: bool = False) -> list[str]:
+    """A README table: per model, one line per ``(label, shown)`` of hf-prune's ``methods`` measured at every budget
+    (``complete``) or at some (the others ``—``), each cell ``cell(runs)`` of the seeds measured; with the best peer."""
+    cells = measured_cells([row for row in rows if row.get("seed") is not None])  # re-implemented here, not read
     sparsities = sorted({sparsity for _, sparsity in cells})
     lines = ["| model | method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
              "|---|---|" + "---|" * len(sparsities)]
     for model in [m for m in MODEL_NAMES if any(key[0] == m for key in cells)]:
         first = True
-        for label, shown in README_METHODS:
+        for label, shown in methods:
             runs = [cells[model, s].get(("hf-prune", label)) for s in sparsities]
-            if all(runs):
+            if all(runs) if complete else any(runs):
                 lines.append(f"| {MODEL_NAMES[model] if first else ''} | {shown} | "
-                             + " | ".join(f"{mean([r['ratio'] for r in run]):.3f} ({len(run)} seed"
-                                          f"{'s' if len(run) > 1 else ''})" for run in runs) + " |")
+                             + " | ".join(cell(run) if run else "—" for run in runs) + " |")
                 first = False
         peers = [min(((mean([r["ratio"] for r in run]), method) for (who, method), run in cells[model, s].items()
                       if who == "peer"), default=None) for s in sparsities]
-        if all(peers):
+        if with_peers and all(peers):
             lines.append("| | best re-implemented peer | " + " | ".join(f"{v:.3f} ({name})" for v, name in peers) + " |")
     return lines
+
+
+def recommended_table(rows: list[dict]) -> list[str]:
+    """The README's table of the recommended recipe against the default and the best peer, from the full run:
+    each cell the mean over the seeds measured, with their count."""
+    def cell(run: list[dict]) -> str:
+        return f"{mean([r['ratio'] for r in run]):.3f} ({len(run)} seed{'s' if len(run) > 1 else ''})"
+
+    return method_table(rows, README_METHODS, complete=True, cell=cell, with_peers=True)
 
 
 REFIT_MARKERS = ("<!-- refit-table: written by eval/results_page.py from eval/results/compare_refit.json -->",
@@ -153,20 +162,7 @@ REFIT_METHODS = [  # (compare.py label, what the README calls it)
 def refit_table(rows: list[dict]) -> list[str]:
     """The README's table of the three refits, from ``compare_refit.json``: a cell per measured budget, — where a
     method was not measured at that budget."""
-    cells = measured_cells([row for row in rows if row.get("seed") is not None])
-    sparsities = sorted({sparsity for _, sparsity in cells})
-    lines = ["| model | method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-             "|---|---|" + "---|" * len(sparsities)]
-    for model in [m for m in MODEL_NAMES if any(key[0] == m for key in cells)]:
-        first = True
-        for label, shown in REFIT_METHODS:
-            runs = [cells[model, s].get(("hf-prune", label)) for s in sparsities]
-            if any(runs):
-                lines.append(f"| {MODEL_NAMES[model] if first else ''} | {shown} | "
-                             + " | ".join(f"{mean([r['ratio'] for r in run]):.3f}" if run else "—" for run in runs)
-                             + " |")
-                first = False
-    return lines
+    return method_table(rows, REFIT_METHODS, complete=False, cell=lambda run: f"{mean([r['ratio'] for r in run]):.3f}")
 
 
 def replace_between(markers: tuple[str, str], table: list[str], readme: Path = README) -> None:
