@@ -108,10 +108,9 @@ class TemporaryCompensation(AbstractContextManager):
         dense = self._dense[scope.name]
         kept, removed = _columns(scope, kept_groups, dense.device)
         new_columns, shift = self.compensation.refit(dense, kept, removed, self.stats.channels[scope.name])
-        weight = dense.clone()
+        consumer.weight.copy_(dense)  # written in place: a consumer-sized copy is 235 MB on Llama-3.1-8B
         if new_columns is not None:
-            weight[:, kept] = new_columns.to(device=dense.device, dtype=dense.dtype)
-        consumer.weight.copy_(weight)
+            consumer.weight[:, kept] = new_columns.to(device=dense.device, dtype=dense.dtype)
         self._shift[scope.name] = shift.to(device=dense.device, dtype=dense.dtype)
 
     @torch.no_grad()
