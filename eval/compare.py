@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from baselines import common, flap, llm_pruner, random_pruning, shortgpt, wanda_sp
+from baselines import common, flap, llm_pruner, random_pruning, shortgpt, slicegpt, slimgpt, wanda_sp
 from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR, save_ratio_figure
 
 from hf_prune import PruningConfig
@@ -119,12 +119,16 @@ class Outcome:
     plan: common.BaselinePlan | None = None  # for sparsity bookkeeping of peers
     achieved: float | None = None
     counts: dict[str, list[int]] | None = None  # kept groups when ``model`` is a cut copy
+    sliced_dimension: int | None = None  # SliceGPT: the residual width it keeps (it removes no groups)
 
     def allocation(self) -> dict[str, Any]:
-        """What was kept, for the JSON: groups per scope, and removed layers (ShortGPT)."""
+        """What was kept, for the JSON: groups per scope, removed layers (ShortGPT), the sliced width (SliceGPT)."""
         kept = self.kept if self.kept is not None else (self.plan.kept if self.plan else self.counts) or {}
-        return {"kept_groups": {name: len(groups) for name, groups in kept.items()},
-                "removed_layers": list(self.plan.removed_layers) if self.plan else []}
+        allocation = {"kept_groups": {name: len(groups) for name, groups in kept.items()},
+                      "removed_layers": list(self.plan.removed_layers) if self.plan else []}
+        if self.sliced_dimension is not None:
+            allocation["sliced_dimension"] = self.sliced_dimension
+        return allocation
 
 
 def outcome_of(ctx: Context, config: PruningConfig, plan: Any) -> Outcome:
@@ -182,6 +186,21 @@ def peer(fn: Callable[[Context, float], common.BaselinePlan]) -> Callable:
     return run
 
 
+def rebuilt_by_slimgpt(ctx: Context, sparsity: float) -> Outcome:
+    """SlimGPT writes its own weights (OBS updates of the kept columns, layer by layer on the pruned prefix): a copy."""
+    pruned, plan = slimgpt.slimgpt_prune(ctx.model, ctx.scopes, ctx.layers, ctx.calibration, sparsity,
+                                         batch_size=ctx.batch_size)
+    return Outcome(model=pruned, plan=plan, achieved=common.achieved_sparsity(ctx.model, ctx.scopes, plan))
+
+
+def sliced_by_slicegpt(ctx: Context, sparsity: float) -> Outcome:
+    """SliceGPT deletes residual-stream dimensions (a rotated, narrower copy): compared at the same share of the
+    prunable parameters removed, its shortcut matrices counted as kept."""
+    sliced, achieved, details = slicegpt.slicegpt_prune(ctx.model, ctx.calibration, sparsity,
+                                                        batch_size=ctx.batch_size)
+    return Outcome(model=sliced, achieved=achieved, sliced_dimension=details["dimension"])
+
+
 def _random_at_uniform(ctx: Context, sparsity: float) -> common.BaselinePlan:
     config = PruningConfig(target="uniform", units="all", sparsity=sparsity, importance="magnitude")
     counts = random_pruning.kept_counts(make_plan(ctx.model, config).kept)
@@ -217,6 +236,8 @@ METHODS: dict[str, tuple[str, Callable]] = {  # label -> (who, run)
     "ShortGPT (whole layers)": ("peer", peer(lambda c, s: shortgpt.shortgpt_plan(
         c.model, c.scopes, c.layers, c.calibration, s, batch_size=c.batch_size,
         bi=c.once("block-influence", lambda: shortgpt.block_influence(c.model, c.layers, c.calibration, c.batch_size))))),
+    "SlimGPT (structured OBS, pruned inputs)": ("peer", rebuilt_by_slimgpt),
+    "SliceGPT (PCA slicing, equal parameters)": ("peer", sliced_by_slicegpt),
     "random (uniform allocation)": ("floor", peer(_random_at_uniform)),
 }
 
