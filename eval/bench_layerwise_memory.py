@@ -1,7 +1,7 @@
-"""Peak memory of pruning a ~1B model in memory and with ``--layerwise``, in fresh processes.
+"""Peak memory of pruning a ~1B (or 8B) model in memory and with ``--layerwise``, in fresh processes.
 
-Saves a random Llama-3.2-1B-shaped checkpoint (bf16, in 500 MB shards; random weights: memory needs no trained
-ones), then runs the same ``hf-prune`` command once in memory (``--sequential``) and once with ``--layerwise``,
+Saves a random Llama-3.2-1B- or Llama-3.1-8B-shaped checkpoint (bf16, in 500 MB shards; random weights: memory needs
+no trained ones), then runs the same ``hf-prune`` command once in memory (``--sequential``) and once with ``--layerwise``,
 each in its own interpreter, and reads the process's peak resident memory (``VmHWM``) above its resident memory
 once every library is imported. Both outputs are compared tensor by tensor. ``--recipe emp``: EMP 30%,
 activation importance; ``--recipe search-lstsq``: the search with least squares (units all, 35%), whose
@@ -36,6 +36,11 @@ from bench_common import write_results  # noqa: E402
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                     num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
                     max_position_embeddings=131072, rope_theta=500000.0)
+#: Llama-3.1-8B's shapes (separate embedding and LM head)
+LLAMA_3_1_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
+                    max_position_embeddings=131072, rope_theta=500000.0)
+SHAPES = {"llama-3.2-1b": LLAMA_3_2_1B, "llama-3.1-8b": LLAMA_3_1_8B}
 
 #: runs in a fresh interpreter: the baseline is taken once everything a run imports is imported
 PROBE = """
@@ -54,14 +59,28 @@ print(json.dumps({"code": code, "baseline_mb": baseline, "peak_mb": status_mb("V
 """
 
 
-def make_checkpoint(directory: Path, layers: int | None) -> None:
+def make_checkpoint(directory: Path, shape: dict, layers: int | None) -> None:
+    """A random bf16 checkpoint of ``shape``, written without ever holding it in float32 (the 8B shape's float32
+    weights would be 32 GB): the model is built on ``meta``, then each tensor is drawn in bf16 and saved in shards."""
+    from accelerate import init_empty_weights
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_prune.testing import make_tiny_tokenizer
 
-    config = LlamaConfig(**{**LLAMA_3_2_1B, **({"num_hidden_layers": layers} if layers else {})})
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    config = LlamaConfig(**{**shape, **({"num_hidden_layers": layers} if layers else {})}, dtype="bfloat16")
+    with init_empty_weights():
+        model = LlamaForCausalLM(config)
+    generator = torch.Generator().manual_seed(0)
+    std = config.initializer_range
+    for name, parameter in list(model.named_parameters()):
+        if name.endswith("norm.weight"):
+            value = torch.ones(parameter.shape, dtype=torch.bfloat16)
+        else:
+            value = torch.empty(parameter.shape, dtype=torch.bfloat16).normal_(0.0, std, generator=generator)
+        module, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(module), leaf, torch.nn.Parameter(value, requires_grad=False))
+    if config.tie_word_embeddings:
+        model.tie_weights()
     model.save_pretrained(directory, max_shard_size="500MB")
     make_tiny_tokenizer(vocab_size=2000).save_pretrained(directory)
 
@@ -100,7 +119,10 @@ def same_tensors(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers (default: 16, as Llama-3.2-1B)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
+    parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers (default: the shape's)")
+    parser.add_argument("--modes", nargs="+", choices=["in-memory", "layerwise"], default=["in-memory", "layerwise"],
+                        help="in-memory needs the whole model in float32 (the 8B shape: 32 GB): leave it out there")
     parser.add_argument("--samples", type=int, default=8, help="calibration rows")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration row")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="emp")
@@ -109,34 +131,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hf-prune-layerwise-") as scratch:
         scratch = Path(scratch)
-        make_checkpoint(scratch / "dense", args.layers)
+        shape = SHAPES[args.shape]
+        make_checkpoint(scratch / "dense", shape, args.layers)
         files = sorted((scratch / "dense").glob("*.safetensors"))
         checkpoint_mb = sum(p.stat().st_size for p in files) / 2**20
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(scratch / "dense")
-        hidden, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-        kv = config.num_key_value_heads * config.head_dim
-        layer_params = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner + 2 * hidden
         rows = {}
-        for layerwise in (False, True):
-            mode = "layerwise" if layerwise else "in memory"
-            rows[mode] = run(scratch / "dense", scratch / mode.replace(" ", "_"), layerwise, args.samples, args.seq_len,
+        for mode in args.modes:
+            rows[mode] = run(scratch / "dense", scratch / mode, mode == "layerwise", args.samples, args.seq_len,
                              args.recipe)
             rows[mode]["added_mb"] = rows[mode]["peak_mb"] - rows[mode]["baseline_mb"]
             print(f"{mode}: peak {rows[mode]['peak_mb']:.0f} MB, {rows[mode]['added_mb']:.0f} MB above the "
                   f"imports, {rows[mode]['seconds']:.0f} s", flush=True)
-        equal = same_tensors(scratch / "layerwise", scratch / "in_memory")
+        equal = same_tensors(scratch / "layerwise", scratch / "in-memory") if len(rows) == 2 else None
 
-    second_moments = hidden * hidden + inner * inner  # o_proj's and down_proj's input, float64
-    meta = {"shapes": {**LLAMA_3_2_1B, "num_hidden_layers": config.num_hidden_layers}, "checkpoint_mb": checkpoint_mb,
-            "shards": len(files), "fp32_layer_mb": layer_params * 4 / 2**20,
-            "fp32_embedding_mb": vocab * hidden * 4 / 2**20, "recipe": args.recipe, "flags": RECIPES[args.recipe],
-            "layer_second_moments_mb": second_moments * 8 / 2**20 if args.recipe == "search-lstsq" else 0.0,
-            "activations_mb": args.samples * args.seq_len * hidden * 4 / 2**20,
+    meta = {"shape": args.shape, "shapes": {**shape, "num_hidden_layers": config.num_hidden_layers},
+            "checkpoint_mb": checkpoint_mb, "shards": len(files), "recipe": args.recipe, "flags": RECIPES[args.recipe],
             "samples": args.samples, "seq_len": args.seq_len, "same_tensors": equal, "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
-    lines = [f"# Peak memory of pruning a Llama-3.2-1B-shaped model ({config.num_hidden_layers} layers, random bf16 "
+            "date": time.strftime("%Y-%m-%d"), **bound_terms(config, args)}
+    name = {"llama-3.2-1b": "Llama-3.2-1B", "llama-3.1-8b": "Llama-3.1-8B"}[args.shape]
+    lines = [f"# Peak memory of pruning a {name}-shaped model ({config.num_hidden_layers} layers, random bf16 "
              f"weights, {checkpoint_mb:.0f} MB in {len(files)} shards; CPU, computed in float32)", "",
              f"`{shlex.join(['HF_HUB_OFFLINE=1', 'python', 'eval/bench_layerwise_memory.py', *sys.argv[1:]])}` — "
              f"`{' '.join(RECIPES[args.recipe])}`, activation importance, "
@@ -147,19 +163,58 @@ def main() -> None:
     for mode, row in rows.items():
         lines.append(f"| {mode} | {row['peak_mb']:.0f} | {row['added_mb']:.0f} | "
                      f"{row['added_mb'] / fp32_model_mb:.2f} | {row['seconds']:.0f} |")
-    bound = (meta["fp32_layer_mb"] + meta["layer_second_moments_mb"] + meta["activations_mb"]
-             + meta["fp32_embedding_mb"])
-    meta["bound_mb"] = bound
-    lines += ["", f"One decoder layer in float32: {meta['fp32_layer_mb']:.0f} MB; its consumers' second moments "
-              f"(float64, read by least squares only): {meta['layer_second_moments_mb']:.0f} MB; the calibration "
-              f"activations in float32: {meta['activations_mb']:.0f} MB; the (tied) embedding table in float32: "
-              f"{meta['fp32_embedding_mb']:.0f} MB. Their sum, the bound for the layer-wise run: {bound:.0f} MB "
-              f"(measured: {rows['layerwise']['added_mb']:.0f} MB added, "
-              f"{'within' if rows['layerwise']['added_mb'] <= bound else 'ABOVE'} it). Layer-wise and in-memory "
-              f"checkpoints hold the same tensors: {equal}."]
+    lines += ["", *describe_bound(meta, rows.get("layerwise"))]
+    if equal is not None:
+        lines.append(f"Layer-wise and in-memory checkpoints hold the same tensors: {equal}.")
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     write_results(args.name, rows, markdown, meta)
+
+
+def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
+    """The terms of the issue's bound for a layer-wise run, and the search's own terms beside them (MB)."""
+    hidden, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    kv = config.num_key_value_heads * config.head_dim
+    layer_params = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner + 2 * hidden
+    search = args.recipe == "search-lstsq"
+    flags = RECIPES[args.recipe]
+    search_tokens = int(flags[flags.index("--search-rows") + 1]) * args.seq_len if search else 0
+    levels = int(flags[flags.index("--mlp-levels") + 1]) if search else 0
+    candidates = config.num_hidden_layers * (config.num_key_value_heads + levels)  # the first table's
+    terms = {"fp32_layer_mb": layer_params * 4 / 2**20,
+             "layer_second_moments_mb": (hidden * hidden + inner * inner) * 8 / 2**20 if search else 0.0,
+             "activations_mb": args.samples * args.seq_len * hidden * 4 / 2**20,
+             "fp32_embedding_mb": vocab * hidden * 4 / 2**20}
+    terms["bound_mb"] = sum(terms.values())
+    terms["search_reference_mb"] = search_tokens * vocab * 4 / 2**20  # the dense log-probabilities of the cost rows
+    terms["search_candidates"] = candidates if search else 0
+    terms["search_streams_mb"] = candidates * search_tokens * hidden * 4 / 2**20  # one activation per candidate
+    # an untied LM head is a second vocabulary table, resident while the search scores its cost rows
+    terms["untied_head_mb"] = 0.0 if config.tie_word_embeddings else vocab * hidden * 4 / 2**20
+    # least squares of the widest consumer (down_proj), at most every column kept: its float64 dense weight, the
+    # (k+1)² system factored in place and the (k+1) x out right-hand side / solution
+    terms["lstsq_working_mb"] = ((inner + 1) ** 2 + 2 * (inner + 1) * hidden) * 8 / 2**20 if search else 0.0
+    return terms
+
+
+def describe_bound(meta: dict, layerwise: dict | None) -> list[str]:
+    lines = [f"One decoder layer in float32: {meta['fp32_layer_mb']:.0f} MB; its consumers' second moments "
+             f"(float64, read by least squares only): {meta['layer_second_moments_mb']:.0f} MB; the calibration "
+             f"activations in float32: {meta['activations_mb']:.0f} MB; one embedding table in float32: "
+             f"{meta['fp32_embedding_mb']:.0f} MB. Their sum, the bound for the layer-wise run: {meta['bound_mb']:.0f} MB"
+             + (f" (measured: {layerwise['added_mb']:.0f} MB added, "
+                f"{'within' if layerwise['added_mb'] <= meta['bound_mb'] else 'ABOVE'} it)." if layerwise else ".")]
+    if meta["search_candidates"]:
+        lines.append(f"Not in the bound, the search's own: the dense log-probabilities of its cost rows "
+                     f"({meta['search_reference_mb']:.0f} MB) and, at the last layer of the sweep, one activation of "
+                     f"its cost rows per candidate ({meta['search_candidates']} candidates: "
+                     f"{meta['search_streams_mb']:.0f} MB).")
+        lines.append(f"Nor the least-squares working set of the widest consumer (its float64 weight, system and "
+                     f"solution, at most {meta.get('lstsq_working_mb', 0):.0f} MB)"
+                     + (f" or the untied LM head in float32 ({meta['untied_head_mb']:.0f} MB)"
+                        if meta.get("untied_head_mb") else "")
+                     + f": with them, {meta['bound_mb'] + meta.get('lstsq_working_mb', 0) + meta.get('untied_head_mb', 0) + meta['search_reference_mb'] + meta['search_streams_mb']:.0f} MB.")
+    return lines
 
 
 if __name__ == "__main__":
