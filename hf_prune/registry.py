@@ -115,6 +115,7 @@ IMPORTANCES: Registry[Any] = Registry("importance", {
 COMPENSATIONS: Registry[Any] = Registry("compensation", {
     "bias": Builtin("hf_prune.cut.compensation.bias:BiasCompensation"),
     "lstsq": Builtin("hf_prune.cut.compensation.lstsq:LeastSquaresCompensation"),
+    "obs": Builtin("hf_prune.cut.compensation.obs:OptimalBrainSurgeonCompensation"),
 })
 
 #: training after the cut, ``(model, train_ids, eval_ids, options, *, seed) -> RecoveryResult``; "none" is no entry

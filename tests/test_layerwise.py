@@ -59,7 +59,7 @@ def assert_same_checkpoint(layerwise: Path, in_memory: Path) -> None:
             assert TIMINGS.sub("", a.read_text()) == TIMINGS.sub("", b.read_text()), name
 
 
-@pytest.mark.parametrize("compensate, refit_on", [("none", "pruned"), ("bias", "pruned"), ("lstsq", "pruned"),
+@pytest.mark.parametrize("compensate, refit_on", [("none", "pruned"), ("bias", "pruned"), ("lstsq", "pruned"), ("obs", "pruned"),
                                                   ("lstsq", "asymmetric")])
 def test_layerwise_pipeline_writes_what_the_in_memory_pipeline_writes(family, compensate, refit_on, tmp_path):
     source = save_sharded(family, tmp_path / "dense", dtype=torch.bfloat16)

@@ -74,8 +74,9 @@ class PruningConfig:
     compensate: str = field(default="none", metadata=option(
         "'bias' folds the calibration mean of every removed channel into the bias of o_proj / down_proj "
         "(FLAP's compensation); 'lstsq' refits the kept columns and a bias of o_proj / down_proj by least squares "
-        "to the dense output on calibration text (holds a d x d matrix per layer while calibrating); 'none' just "
-        "removes. Both read --calibration"))
+        "to the dense output on calibration text (holds a d x d matrix per layer while calibrating); 'obs' is lstsq "
+        "that also chooses which groups go (within each layer's count) by their Optimal Brain Surgeon error, "
+        "greedily, on the inputs of the cut (SlimGPT's selection); 'none' just removes. All read --calibration"))
     refit_on: str = field(default="pruned", metadata=option(
         "with --compensate: the inputs o_proj / down_proj are refit on. 'pruned': the activations the already-cut "
         "earlier layers produce (the cut walks the layers in order; SlimGPT, Tyr-the-Pruner), reproducing what the "

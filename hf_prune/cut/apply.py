@@ -27,7 +27,7 @@ from ..config import PruningConfig
 from ..errors import ConfigError
 from ..registry import COMPENSATIONS
 from ..report import LayerSummary, PruningReport
-from .compensation import Compensation, compensate, compensate_scope
+from .compensation import Compensation, choose_groups, compensate, compensate_scope
 from .relabel import as_pruned_model
 from .surgery import apply_plan
 from .walk import LayerWalk
@@ -133,8 +133,9 @@ def _walk(model: nn.Module, layers: nn.ModuleList, config: PruningConfig, plan: 
 def _cut(model: nn.Module, config: PruningConfig, plan: PruningPlan, scopes: list[PrunableScope]) -> None:
     """Compensate from the dense model's statistics and cut ``scopes`` (one layer's) as the plan says."""
     if config.compensate != "none":
-        compensate(model, [s for s in scopes if s.name in plan.kept], plan.kept, plan.statistics,
-                   COMPENSATIONS[config.compensate]())
+        compensation = COMPENSATIONS[config.compensate]()
+        choose_groups(model, plan.kept, scopes, plan.statistics, compensation)
+        compensate(model, [s for s in scopes if s.name in plan.kept], plan.kept, plan.statistics, compensation)
     apply_plan(model, scopes, plan.kept, allow_empty=True)  # the plan's target chose any empty scope
 
 
@@ -148,6 +149,7 @@ def _cut_on_walk(model: nn.Module, plan: PruningPlan, scopes: list[PrunableScope
     for position, scope in enumerate(pending):
         if stats is None:  # one pass gathers every consumer's input still to come
             stats = walk.statistics(layer, pending[position:], gram=compensation.second_moments)
+        choose_groups(model, plan.kept, [scope], stats, compensation)
         compensate_scope(model, scope, plan.kept[scope.name], stats.channels[scope.name], compensation)
         changed = len(set(plan.kept[scope.name])) < scope.num_groups
         apply_plan(model, [scope], plan.kept, allow_empty=True)

@@ -4,7 +4,7 @@ When groups are cut, the consumer (``o_proj`` / ``down_proj``) loses input colum
 (one file plus one registration in :data:`hf_prune.registry.COMPENSATIONS`) says, from the consumer's dense
 weight and the calibration statistics of its input, what its kept columns and its bias become:
 :mod:`.bias` (FLAP) folds the removed columns' mean into the bias; :mod:`.lstsq` refits the kept columns and
-the bias by least squares. Both are applied two ways: in place before surgery (:func:`compensate`), and
+the bias by least squares; :mod:`.obs` also chooses which groups go, within the plan's counts. Both are applied two ways: in place before surgery (:func:`compensate`), and
 temporarily while the search measures what a candidate costs (:class:`TemporaryCompensation`), so the search
 chooses widths for the model it will write.
 """
@@ -36,12 +36,29 @@ class Compensation(ABC):
         weight's device): (new values of the kept columns ``[out, k]``, or None when they stay, and the bias shift
         ``[out]``), both float64."""
 
+    def choose(self, weight: torch.Tensor, block: int, keep: Sequence[int],
+               channels: ChannelStatistics) -> list[int]:
+        """Which groups (of ``block`` consecutive input columns of ``weight``) to keep, as many as ``keep`` holds.
+        The plan's choice (``keep``) unless the method has a better one of its own (:mod:`.obs`)."""
+        return sorted(set(int(g) for g in keep))
+
 
 def _columns(scope: PrunableScope, kept_groups: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     kept = sorted(set(int(g) for g in kept_groups))
     removed = sorted(set(range(scope.num_groups)) - set(kept))
     block = scope.consumer.block
     return block_indices(kept, block, device=device), block_indices(removed, block, device=device)
+
+
+def choose_groups(model: nn.Module, plan: dict[str, list[int]], scopes: Sequence[PrunableScope],
+                  stats: CalibrationStatistics, compensation: Compensation) -> None:
+    """Let ``compensation`` choose which groups each of ``scopes`` keeps, at the plan's count, and write its choice
+    into ``plan`` (what the cut then removes, and what the report records)."""
+    for scope in scopes:
+        if scope.name in plan and len(set(plan[scope.name])) < scope.num_groups:
+            weight = model.get_submodule(scope.consumer.path).weight
+            plan[scope.name] = compensation.choose(weight, scope.consumer.block, plan[scope.name],
+                                                   stats.channels[scope.name])
 
 
 @torch.no_grad()
