@@ -220,9 +220,12 @@ METHODS: dict[str, tuple[str, Callable]] = {  # label -> (who, run)
         "uniform", "mlp", "activation", "lstsq", refit_on="dense")),
     "uniform, MLP only + least squares, asymmetric (activation)": ("hf-prune", hf_prune_method(
         "uniform", "mlp", "activation", "lstsq", refit_on="asymmetric")),
+    "uniform, MLP only + OBS selection (activation)": ("hf-prune", hf_prune_method("uniform", "mlp", "activation",
+                                                                                  "obs")),
     "Hyperflux (uniform init)": ("hf-prune", hyperflux_method),
     "search (activation)": ("hf-prune", search_method()),
     "search + least squares (activation)": ("hf-prune", search_method("lstsq")),
+    "search + OBS selection (activation)": ("hf-prune", search_method("obs")),
     "search + least squares on dense inputs (activation)": ("hf-prune", search_method("lstsq", refit_on="dense")),
     "search + least squares, asymmetric (activation)": ("hf-prune", search_method("lstsq", refit_on="asymmetric")),
     # what --layerwise / --device-map run: costs in one pass over the layers, each layer's statistics gathered there
