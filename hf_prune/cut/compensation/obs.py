@@ -19,7 +19,8 @@ weights): SlimGPT's group-wise removal for the same reason — one downdate of H
 each, so an 8B down_proj (d = 14336, 5000 neurons removed at 35%) takes ROUNDS rank-m updates instead of 5000
 rank-1 ones. The search measures its candidates with least squares on the criterion's choice; the final cut makes
 this choice within the counts the search picked. Asymmetric refits (``--refit-on asymmetric``) choose on the
-pruned stream's moments. Memory: one d×d float64 matrix besides the statistics (its inverse, built in place).
+pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (two while it is formed
+from the Cholesky factor), and the consumer's weight in float64.
 """
 
 from __future__ import annotations
