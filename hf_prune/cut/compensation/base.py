@@ -4,7 +4,8 @@ When groups are cut, the consumer (``o_proj`` / ``down_proj``) loses input colum
 (one file plus one registration in :data:`hf_prune.registry.COMPENSATIONS`) says, from the consumer's dense
 weight and the calibration statistics of its input, what its kept columns and its bias become:
 :mod:`.bias` (FLAP) folds the removed columns' mean into the bias; :mod:`.lstsq` refits the kept columns and
-the bias by least squares; :mod:`.obs` also chooses which groups go, within the plan's counts. Both are applied two ways: in place before surgery (:func:`compensate`), and
+the bias by least squares; :mod:`.obs` also chooses which groups go, within the plan's counts
+(:func:`choose_groups`). Each is applied two ways: in place before surgery (:func:`compensate`), and
 temporarily while the search measures what a candidate costs (:class:`TemporaryCompensation`), so the search
 chooses widths for the model it will write.
 """
