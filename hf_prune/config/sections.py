@@ -23,6 +23,7 @@ from .fields import (
 )
 
 GATE_INIT = ("uniform", "scores")
+SEARCH_COSTS = ("global", "local")
 
 
 @dataclass
@@ -69,9 +70,14 @@ class SearchOptions:
     refine_rounds: int = field(default=2, metadata=section_option("refine_rounds", (
         "search: rounds of re-measuring costs around the current solution on a finer grid; a round that does "
         "not lower the held-out KL is discarded and ends the search")))
+    costs: str = field(default="global", metadata=section_option("search_costs", (
+        "search: 'global' measures every candidate's KL through the rest of the model (a layer pass per candidate "
+        "per later layer); 'local' measures one probe per scope that way and every other candidate by the change "
+        "of its own layer's output, scaled by its probe (a layer pass per candidate)")))
 
     def validate(self) -> None:
         check_positive_int(self, "rows", "mlp_levels")
+        check_choice("--search-costs", self.costs, SEARCH_COSTS)
         check_non_negative_int(self, "refine_rounds")
 
     @property

@@ -15,12 +15,17 @@ pass instead of once per candidate that reaches it. Compensated, it carries the 
 pass (a :class:`~hf_prune.cut.walk.LayerWalk`) and refits each layer's candidates from statistics gathered at that
 layer, then drops them: one layer's second moments at a time, never every layer's, and nothing kept of a layer once
 it has left memory — so a compensated search runs on a model offloaded layer by layer (``--layerwise``).
+
+With ``local_costs`` (``--search-costs local``) both meters measure most candidates by the change of their own layer's
+output and only one probe per scope and direction through the rest of the model (:mod:`~hf_prune.plan.search.probes`):
+one layer pass per candidate instead of one per later layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,6 +37,7 @@ from ...cut.compensation import TemporaryCompensation
 from ...cut.masks import GroupMasks
 from ...cut.walk import LayerWalk
 from ...runtime.offload import execution_device, has_offloaded_weights, resident
+from .probes import Candidate, choose_probes, scaled_costs
 
 
 class CostMeter(AbstractContextManager):
@@ -41,7 +47,8 @@ class CostMeter(AbstractContextManager):
     """
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, scopes: Sequence[PrunableScope],
-                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None):
+                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None,
+                 local_costs: bool = False):
         self.model, self.adapter = model, adapter
         self.layers = adapter.decoder_layers(model)
         self.scopes = {scope.name: scope for scope in scopes}
@@ -56,6 +63,8 @@ class CostMeter(AbstractContextManager):
         self.base_kl = 0.0
         self.layer_passes = 0
         self.compensation = compensation  # when given, every mask is measured with its compensation applied
+        self.local_costs = local_costs  # most candidates by their own layer's output change (module docstring)
+        self._final: list[torch.Tensor] = []  # per batch: the plan's last hidden states (the last layer's output)
 
     def _live(self, name: str):
         return lambda: self.current[name]
@@ -83,6 +92,7 @@ class CostMeter(AbstractContextManager):
         for layer in self.layers:
             self._inputs.append(hidden)
             hidden = self._layer(layer, hidden)
+        self._final = hidden
         return self._set_base_kl(hidden)
 
     @torch.no_grad()
@@ -135,7 +145,22 @@ class CostMeter(AbstractContextManager):
             self.compensation.set(self.scopes[name], self.current[name])
 
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
-        """:meth:`cost` of every ``(scope, kept, mask)``, with a progress bar whose ETA counts layer passes."""
+        """:meth:`cost` of every ``(scope, kept, mask)``, with a progress bar whose ETA counts layer passes; with
+        ``local_costs``, the probes' costs and every other candidate's scaled from its :meth:`local_change`."""
+        if not self.local_costs:
+            return self._measure_each(requests, desc)
+        with tqdm(total=len(requests), desc=f"{desc} (local)", unit="layer", leave=False) as bar:
+            changes = []
+            for scope, _, mask in requests:
+                changes.append(self.local_change(scope, mask))
+                bar.update()
+        candidates = self._candidates(requests)
+        probes = choose_probes(candidates, changes)
+        probe_requests = [requests[index] for index in probes.values()]
+        probe_costs = dict(zip(probes.values(), self._measure_each(probe_requests, f"{desc} (probes)")))
+        return scaled_costs(candidates, changes, probes, probe_costs)
+
+    def _measure_each(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
         work = [len(self.layers) - scope.layer for scope, _, _ in requests]
         costs = []
         with tqdm(total=sum(work), desc=desc, unit="layer", leave=False) as bar:
@@ -143,6 +168,19 @@ class CostMeter(AbstractContextManager):
                 costs.append(self.cost(scope, mask))
                 bar.update(passes)
         return costs
+
+    @torch.no_grad()
+    def local_change(self, scope: PrunableScope, mask: torch.Tensor) -> float:
+        """Squared change of ``scope``'s layer output on the held-out rows when ``scope`` gets ``mask``."""
+        with self._changed(scope, mask):
+            output = self._layer(self.layers[scope.layer], self._inputs[scope.layer])
+        self.layer_passes += 1
+        following = scope.layer + 1
+        return squared_change(output, self._inputs[following] if following < len(self.layers) else self._final)
+
+    def _candidates(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]]) -> list[Candidate]:
+        return [Candidate(scope.name, int(mask.sum()), int(self.current[scope.name].sum()))
+                for scope, _, mask in requests]
 
     @staticmethod
     def _run(layer: nn.Module, hidden: torch.Tensor, extra: tuple[tuple, dict]) -> torch.Tensor:
@@ -177,8 +215,24 @@ class CostMeter(AbstractContextManager):
         return total / tokens
 
 
+def squared_change(outputs: list[torch.Tensor], planned: list[torch.Tensor]) -> float:
+    """Sum over batches of the squared difference of two lists of hidden states."""
+    return sum(float((output.float() - plan.float()).pow(2).sum()) for output, plan in zip(outputs, planned))
+
+
 #: floats in one block of logits while measuring KL (32 MB): 65 tokens of a 128k vocabulary, 8k tokens of 1k
 KL_BLOCK_ELEMENTS = 2**23
+
+
+@dataclass
+class _Sweep:
+    """What one pass of :class:`SweepCostMeter` returns: the plan's last hidden states; per request, the final
+    hidden states of its stream (None where not carried to the end) and its local change; the probes chosen."""
+
+    final: list[torch.Tensor]
+    streams: list[list[torch.Tensor] | None]
+    changes: list[float]
+    probes: dict[tuple[str, str], int]
 
 
 class SweepCostMeter(CostMeter):
@@ -242,45 +296,78 @@ class SweepCostMeter(CostMeter):
     @torch.no_grad()
     def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
         self._set_current(masks)
-        hidden, _ = self._sweep([], desc=None)
+        hidden = self._sweep([], desc=None).final
         with resident(self._outside):
             return self._set_base_kl(hidden)
 
     @torch.no_grad()
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
-        _, streams = self._sweep(requests, desc)
+        candidates = self._candidates(requests)
+        sweep = self._sweep(requests, desc, candidates if self.local_costs else None)
         with resident(self._outside):
-            return [self._kl(stream) - self.base_kl for stream in streams]
+            measured = {index: self._kl(stream) - self.base_kl
+                        for index, stream in enumerate(sweep.streams) if stream is not None}
+        if not self.local_costs:
+            return [measured[index] for index in range(len(requests))]
+        return scaled_costs(candidates, sweep.changes, sweep.probes, measured)
 
-    def _sweep(self, requests, desc: str | None) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        """One pass over the layers: the plan's activations and, per request, the activations after
-        its scope's layer with only that scope changed. Returns the final hidden states of both."""
+    def _sweep(self, requests, desc: str | None, local: list[Candidate] | None = None) -> _Sweep:
+        """One pass over the layers: the plan's activations and, per request, the activations after its scope's
+        layer with only that scope changed, carried to the end. With ``local`` (the requests' candidates), every
+        request's :func:`squared_change` at its layer is recorded and only the probes are carried on."""
         base = self._first_inputs()
-        streams: list[list[torch.Tensor] | None] = [None] * len(requests)
+        sweep = _Sweep(final=[], streams=[None] * len(requests), changes=[0.0] * len(requests), probes={})
         by_layer: dict[int, list[int]] = {}
         for index, (scope, _, _) in enumerate(requests):
             by_layer.setdefault(scope.layer, []).append(index)
-        total = sum(len(self.layers) - scope.layer for scope, _, _ in requests) + len(self.layers)
         walk = None
         if self.compensation is not None:
             walk = LayerWalk(self.model, self.layers, self.calibration_rows, self.batch_size)
-        with tqdm(total=total, desc=desc, unit="layer", leave=False, disable=desc is None) as bar:
+        streams = sweep.streams
+        with tqdm(total=self._work(requests, local), desc=desc, unit="layer", leave=False,
+                  disable=desc is None) as bar:
             for index, layer in enumerate(self.layers):
                 with resident([layer]), self._compensated(index, layer, walk):
                     started = [i for i, stream in enumerate(streams) if stream is not None]
                     for i in started:  # candidates of earlier layers: this layer as in the plan
                         streams[i] = self._layer(layer, streams[i])
-                    for i in by_layer.get(index, []):  # this layer's candidates, from the plan's input
+                    planned = self._layer(layer, base)
+                    here = by_layer.get(index, [])
+                    for i in here:  # this layer's candidates, from the plan's input
                         scope, _, mask = requests[i]
                         with self._changed(scope, mask):
                             streams[i] = self._layer(layer, base)
-                    base = self._layer(layer, base)
+                    if local is not None:
+                        self._keep_probes(sweep, here, local, planned)
+                    base = planned
                     if walk is not None and index + 1 < len(self.layers):
                         walk.advance(layer)  # the calibration rows on through the layer as in the plan
-                candidates = len(started) + len(by_layer.get(index, []))
+                candidates = len(started) + len(here)
                 self.layer_passes += candidates
                 bar.update(candidates + 1)
-        return base, streams
+        sweep.final = base
+        return sweep
+
+    @staticmethod
+    def _keep_probes(sweep: _Sweep, here: list[int], local: list[Candidate], planned: list[torch.Tensor]) -> None:
+        """Record the local change of this layer's candidates; carry on only the streams of their probes."""
+        for i in here:
+            sweep.changes[i] = squared_change(sweep.streams[i], planned)
+        probes = choose_probes([local[i] for i in here], [sweep.changes[i] for i in here])
+        kept = {here[j] for j in probes.values()}
+        sweep.probes.update({family: here[j] for family, j in probes.items()})
+        for i in here:
+            if i not in kept:
+                sweep.streams[i] = None
+
+    def _work(self, requests, local: list[Candidate] | None) -> int:
+        """Layer passes of one sweep, for the ETA (with local costs: counting one probe per family)."""
+        if local is None:
+            return sum(len(self.layers) - scope.layer for scope, _, _ in requests) + len(self.layers)
+        first_layer = {}
+        for (scope, _, _), candidate in zip(requests, local):
+            first_layer[candidate.family] = scope.layer
+        return len(requests) + sum(len(self.layers) - 1 - layer for layer in first_layer.values()) + len(self.layers)
 
     def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """``layer`` on every batch; the outputs go to CPU memory when the weights are offloaded."""

@@ -6,7 +6,9 @@
 2. **Measured cost.** For every (scope, count), the KL divergence of the next-token distribution from
    the dense model's when only that scope is cut, on held-out calibration rows
    (:class:`~hf_prune.plan.search.costs.CostMeter`) — with ``--compensate`` applied to the candidate, so the
-   search chooses widths for the model it will actually produce. ``--sequential`` measures the same
+   search chooses widths for the model it will actually produce. ``--search-costs local`` measures one probe
+   per scope that way and scales the others by the change of their own layer's output
+   (:mod:`~hf_prune.plan.search.probes`). ``--sequential`` measures the same
    costs in one pass over the layers (:class:`~hf_prune.plan.search.costs.SweepCostMeter`), the way a model
    offloaded by ``device_map`` is searched on one GPU.
 3. **Solve.** One count per scope, least total cost, at least the budget removed: an exact
@@ -168,11 +170,12 @@ def _meter(request: AllocationRequest) -> CostMeter:
     if config.compensate != "none":  # measure every candidate as it will be cut: compensated
         statistics = CalibrationStatistics() if sweep else request.statistics
         compensation = TemporaryCompensation(model, request.scopes, statistics, COMPENSATIONS[config.compensate]())
+    local = config.search.costs == "local"
     if sweep:
         return SweepCostMeter(model, adapter, adapter.scopes(model), request.held_out_rows,
-                              config.calibration.batch_size, compensation, calibration_rows=request.rows)
+                              config.calibration.batch_size, compensation, local, calibration_rows=request.rows)
     return CostMeter(model, adapter, adapter.scopes(model), request.held_out_rows, config.calibration.batch_size,
-                     compensation)
+                     compensation, local)
 
 
 class _Search:
@@ -199,7 +202,7 @@ class _Search:
         # the first table does not depend on the budget: measured once per statistics object, so pruning
         # one scored model at several budgets (make_plan(..., statistics=...)) pays for it once
         cache = request.statistics.derived if request.statistics is not None else {}
-        key = ("search-costs", request.config.importance, request.config.compensate, options.mlp_levels,
+        key = ("search-costs", options.costs, request.config.importance, request.config.compensate, options.mlp_levels,
                self.multiple, tuple(scope.name for scope in request.scopes),
                hash(request.held_out_rows.cpu().numpy().tobytes()))
         if key not in cache:

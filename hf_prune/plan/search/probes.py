@@ -1,0 +1,72 @@
+"""Local costs scaled by probes: the KL cost of most candidates read off the change of their own layer's output.
+
+Measuring a candidate's KL means running it through every later layer, so a full table of costs is
+O(layers²) layer passes, which is what makes the search slow on an 8B–70B model. Within one scope, the KL
+a candidate adds is close to proportional to the squared change it makes to its layer's output on the
+held-out rows (SmolLM2-135M, first table, compensated: rank correlation 0.99, median error 6%), while the
+factor between the two falls by two orders of magnitude from the first layer to the last. So per scope
+and direction (removing groups or, around a plan, giving groups back) one candidate, the *probe*, is
+measured through the rest of the model, and every other candidate's cost is the probe's cost times the
+ratio of the two local changes: one layer pass per candidate plus one full pass per probe.
+
+The probe is the candidate with the median kept count among those that change the output at all (so
+the factor is read in the middle of the range it is applied to); a scope whose candidates change nothing
+costs nothing. Removing a sublayer whole is always measured (it is its own family): there the
+proportionality breaks down — scaled from the median probe, the whole MLP's cost on SmolLM2 came out
+anywhere from 0.3× to 200× the measured one, and the knapsack picks exactly the underestimated ones
+(35%: perplexity ratio 2.06 against 1.91 with every candidate measured). The widths in between stay
+within 0.4–1.4× of the measured cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the probes need to know of one requested change: its scope, how many groups it keeps, and the
+    plan's count there (which side of the plan it is on)."""
+
+    scope: str
+    kept: int
+    base: int
+
+    @property
+    def family(self) -> tuple[str, str]:
+        """Candidates scaled by the same probe: one scope, one direction (fewer groups than the plan, or more);
+        removing the sublayer whole is a family of its own (see the module docstring)."""
+        if self.kept == 0:
+            return self.scope, "removed"
+        return self.scope, "more" if self.kept > self.base else "fewer"
+
+
+def choose_probes(candidates: Sequence[Candidate], local: Sequence[float]) -> dict[tuple[str, str], int]:
+    """Per family, the index of its probe: the median kept count among its candidates whose local change is
+    positive (families whose candidates change nothing have no probe)."""
+    members: dict[tuple[str, bool], list[int]] = {}
+    for index, (candidate, change) in enumerate(zip(candidates, local)):
+        if change > 0:
+            members.setdefault(candidate.family, []).append(index)
+    probes = {}
+    for family, indices in members.items():
+        indices.sort(key=lambda i: candidates[i].kept)
+        probes[family] = indices[len(indices) // 2]
+    return probes
+
+
+def scaled_costs(candidates: Sequence[Candidate], local: Sequence[float],
+                 probes: dict[tuple[str, str], int], probe_costs: dict[int, float]) -> list[float]:
+    """Every candidate's cost: a probe's measured cost; any other's, its probe's cost times the ratio of the
+    two local changes (0 where the candidate's family has no probe: it changes nothing)."""
+    costs = []
+    for index, (candidate, change) in enumerate(zip(candidates, local)):
+        probe = probes.get(candidate.family)
+        if probe is None:
+            costs.append(0.0)
+        elif index == probe:
+            costs.append(probe_costs[probe])
+        else:
+            costs.append(probe_costs[probe] * change / local[probe])
+    return costs

@@ -1,0 +1,123 @@
+"""``--search-costs local``: one probe per scope and direction is measured through the rest of the model, every other
+candidate is scaled by the change of its own layer's output; the sweep gives the numbers of the suffix runs, on a model
+in memory, offloaded, and compensated."""
+
+import pytest
+import torch
+
+from hf_prune.adapters import get_adapter
+from hf_prune.calibration.statistics import CalibrationStatistics
+from hf_prune.cut.compensation import TemporaryCompensation
+from hf_prune.plan.planner import make_plan
+from hf_prune.plan.search.costs import CostMeter, SweepCostMeter
+from hf_prune.plan.search.planner import keep_top
+from hf_prune.plan.search.probes import Candidate, choose_probes, scaled_costs
+from hf_prune.registry import COMPENSATIONS
+
+from .conftest import make_model
+from .test_search import search_config
+
+
+@pytest.fixture()
+def calibration():
+    return torch.randint(0, 200, (6, 32), generator=torch.Generator().manual_seed(2))
+
+
+def test_the_probe_is_the_median_count_of_each_scope_and_direction_and_removal_is_measured_itself():
+    candidates = [Candidate("mlp", kept, 8) for kept in (0, 2, 4, 6)] + [Candidate("mlp", 9, 8), Candidate("att", 1, 2)]
+    probes = choose_probes(candidates, [4.0, 3.0, 2.0, 1.0, 0.5, 7.0])
+    assert probes == {("mlp", "removed"): 0, ("mlp", "fewer"): 2, ("mlp", "more"): 4, ("att", "fewer"): 5}
+
+
+def test_candidates_that_change_nothing_are_never_probes_and_cost_nothing():
+    candidates = [Candidate("mlp", kept, 8) for kept in (1, 2, 4)] + [Candidate("dead", 0, 2)]
+    local = [4.0, 0.0, 2.0, 0.0]
+    probes = choose_probes(candidates, local)
+    assert probes == {("mlp", "fewer"): 2}
+    assert scaled_costs(candidates, local, probes, {2: 0.3}) == pytest.approx([0.6, 0.0, 0.3, 0.0])
+
+
+def test_costs_are_the_probes_times_the_ratio_of_local_changes_with_their_sign():
+    """Around a plan, giving groups back lowers the KL: a negative probe scales its family negatively, and the
+    other direction has its own probe."""
+    candidates = [Candidate("mlp", kept, 4) for kept in (2, 3, 5, 6)]
+    local = [4.0, 1.0, 1.0, 3.0]
+    probes = choose_probes(candidates, local)
+    assert scaled_costs(candidates, local, probes, {probes[("mlp", "fewer")]: 0.2, probes[("mlp", "more")]: -0.3}) == \
+        pytest.approx([0.8, 0.2, -0.1, -0.3])
+
+
+def _requests(model):
+    """Several counts of two scopes, so that most candidates are scaled rather than probed."""
+    scopes = get_adapter(model).scopes(model)
+    attention1, mlp1 = scopes[2], scopes[3]
+
+    def mask(scope, count):
+        return keep_top(torch.arange(scope.num_groups, dtype=torch.float), count, torch.device("cpu"))
+
+    counts = {attention1: range(attention1.num_groups), mlp1: range(0, mlp1.num_groups, mlp1.num_groups // 4)}
+    return scopes, [(scope, count, mask(scope, count)) for scope, values in counts.items() for count in values], mask
+
+
+def _local_table(model, meter_class, rows, compensation=None, **kwargs):
+    scopes, requests, mask = _requests(model)
+    with meter_class(model, get_adapter(model), scopes, rows, 2, compensation, True, **kwargs) as meter:
+        meter.set_base({})
+        around_dense = meter.measure(requests, "test")
+        meter.set_base({scopes[0].name: mask(scopes[0], 1), scopes[3].name: mask(scopes[3], scopes[3].num_groups // 2)})
+        around_plan = meter.measure(requests, "test")
+        return around_dense + around_plan, meter.layer_passes
+
+
+def test_local_costs_scale_the_probes_measured_costs_by_the_local_change(calibration):
+    """In memory: each probe's cost is its measured KL cost, every other candidate's is that times the ratio of the
+    squared changes of the layer's output; and it takes fewer layer passes than measuring every candidate."""
+    model = make_model("llama", num_hidden_layers=6)
+    scopes, requests, _ = _requests(model)
+    rows = calibration[:4]
+    with CostMeter(model, get_adapter(model), scopes, rows, 2) as meter:
+        meter.set_base({})
+        exact = meter.measure(requests, "test")
+        exact_passes = meter.layer_passes
+        changes = [meter.local_change(scope, mask) for scope, _, mask in requests]
+    candidates = [Candidate(scope.name, count, scope.num_groups) for scope, count, _ in requests]
+    probes = choose_probes(candidates, changes)
+    expected = scaled_costs(candidates, changes, probes, {i: exact[i] for i in probes.values()})
+    local, local_passes = _local_table(model, CostMeter, rows)
+    assert local[: len(requests)] == pytest.approx(expected, rel=1e-5, abs=1e-8)
+    assert all(cost > 0 for cost in local[: len(requests)])
+    assert local_passes < 2 * exact_passes  # two tables
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_local_sweep_measures_the_numbers_of_the_suffix_runs(calibration, family):
+    model = make_model(family)
+    suffix, suffix_passes = _local_table(model, CostMeter, calibration[:4])
+    sweep, sweep_passes = _local_table(model, SweepCostMeter, calibration[:4])
+    assert sweep == pytest.approx(suffix, rel=1e-4, abs=1e-7)
+    assert sweep_passes <= suffix_passes  # the sweep carries on the probes' local pass; the suffix runs repeat it
+
+
+def test_a_compensated_local_sweep_runs_on_an_offloaded_model(calibration):
+    """Least squares gathered layer by layer, weights in accelerate's offload store: the costs of the model in memory."""
+    from accelerate import cpu_offload
+
+    model = make_model("mistral")
+
+    def table():
+        scopes = get_adapter(model).scopes(model)
+        compensation = TemporaryCompensation(model, scopes, CalibrationStatistics(), COMPENSATIONS["lstsq"]())
+        return _local_table(model, SweepCostMeter, calibration[:4], compensation, calibration_rows=calibration[4:])[0]
+
+    expected = table()
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert table() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+def test_search_with_local_costs_meets_the_budget_and_finds_the_sequential_plan(calibration):
+    model = make_model("llama")
+    config = search_config(search_costs="local", compensate="lstsq")
+    plan = make_plan(model, config, input_ids=calibration)
+    assert plan.kept == make_plan(model, search_config(search_costs="local", compensate="lstsq", sequential=True),
+                                  input_ids=calibration).kept
+    assert plan.details["search_kl"] > 0
