@@ -161,14 +161,15 @@ def hyperflux_method(ctx: Context, sparsity: float) -> Outcome:
     return Outcome(kept=make_plan(ctx.model, config, input_ids=rows).kept)
 
 
-def search_method(compensate: str = "none", refit_on: str = "pruned", sequential: bool = False) -> Callable:
+def search_method(compensate: str = "none", refit_on: str = "pruned", sequential: bool = False,
+                  costs: str = "global") -> Callable:
     def run(ctx: Context, sparsity: float) -> Outcome:
         """Measured costs on the held-out rows, ordered by the shared activation scores; the first cost table
         is measured once per seed (cached in the statistics) and reused at every budget."""
         config = PruningConfig.from_dict(dict(
             target="search", sparsity=sparsity, importance="activation", compensate=compensate, refit_on=refit_on,
             calibration="reference", seed=ctx.seed, search_rows=ctx.held_out.shape[0], sequential=sequential,
-            **ctx.search))
+            search_costs=costs, **ctx.search))
         rows = torch.cat([ctx.calibration, ctx.held_out])  # make_plan holds out the last search_rows rows
         return outcome_of(ctx, config, make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats))
 
@@ -226,6 +227,7 @@ METHODS: dict[str, tuple[str, Callable]] = {  # label -> (who, run)
     "search (activation)": ("hf-prune", search_method()),
     "search + least squares (activation)": ("hf-prune", search_method("lstsq")),
     "search + OBS selection (activation)": ("hf-prune", search_method("obs")),
+    "search + least squares, local costs (activation)": ("hf-prune", search_method("lstsq", costs="local")),
     "search + least squares on dense inputs (activation)": ("hf-prune", search_method("lstsq", refit_on="dense")),
     "search + least squares, asymmetric (activation)": ("hf-prune", search_method("lstsq", refit_on="asymmetric")),
     # what --layerwise / --device-map run: costs in one pass over the layers, each layer's statistics gathered there

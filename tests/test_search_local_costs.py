@@ -24,9 +24,10 @@ def calibration():
 
 
 def test_the_probe_is_the_median_count_of_each_scope_and_direction_and_removal_is_measured_itself():
-    candidates = [Candidate("mlp", kept, 8) for kept in (0, 2, 4, 6)] + [Candidate("mlp", 9, 8), Candidate("att", 1, 2)]
-    probes = choose_probes(candidates, [4.0, 3.0, 2.0, 1.0, 0.5, 7.0])
-    assert probes == {("mlp", "removed"): 0, ("mlp", "fewer"): 2, ("mlp", "more"): 4, ("att", "fewer"): 5}
+    candidates = [Candidate("mlp", kept, 8) for kept in (0, 2, 3, 4, 5, 6)] + [Candidate("mlp", 9, 8),
+                                                                              Candidate("att", 1, 2)]
+    probes = choose_probes(candidates, [4.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 7.0])
+    assert probes == {("mlp", "removed"): 0, ("mlp", "fewer"): 3, ("mlp", "more"): 6, ("att", "fewer"): 7}
 
 
 def test_candidates_that_change_nothing_are_never_probes_and_cost_nothing():
@@ -61,11 +62,11 @@ def _requests(model):
 
 def _local_table(model, meter_class, rows, compensation=None, **kwargs):
     scopes, requests, mask = _requests(model)
-    with meter_class(model, get_adapter(model), scopes, rows, 2, compensation, True, **kwargs) as meter:
+    with meter_class(model, get_adapter(model), scopes, rows, 2, compensation, **kwargs) as meter:
         meter.set_base({})
-        around_dense = meter.measure(requests, "test")
+        around_dense = meter.measure(requests, "test", local=True)
         meter.set_base({scopes[0].name: mask(scopes[0], 1), scopes[3].name: mask(scopes[3], scopes[3].num_groups // 2)})
-        around_plan = meter.measure(requests, "test")
+        around_plan = meter.measure(requests, "test", local=True)
         return around_dense + around_plan, meter.layer_passes
 
 
@@ -99,7 +100,7 @@ def test_a_local_sweep_measures_the_numbers_of_the_suffix_runs(calibration, fami
 
 
 def test_a_compensated_local_sweep_runs_on_an_offloaded_model(calibration):
-    """Least squares gathered layer by layer, weights in accelerate's offload store: the costs of the model in memory."""
+    """Least squares gathered layer by layer, weights in accelerate's offload store: the costs in memory."""
     from accelerate import cpu_offload
 
     model = make_model("mistral")

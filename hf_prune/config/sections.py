@@ -72,8 +72,9 @@ class SearchOptions:
         "not lower the held-out KL is discarded and ends the search")))
     costs: str = field(default="global", metadata=section_option("search_costs", (
         "search: 'global' measures every candidate's KL through the rest of the model (a layer pass per candidate "
-        "per later layer); 'local' measures one probe per scope that way and every other candidate by the change "
-        "of its own layer's output, scaled by its probe (a layer pass per candidate)")))
+        "per later layer); 'local' measures, in the first table, one probe per scope and every whole-sublayer "
+        "removal that way, and every other candidate by the change of its own layer's output, scaled by its "
+        "probe; refinement rounds measure every candidate")))
 
     def validate(self) -> None:
         check_positive_int(self, "rows", "mlp_levels")

@@ -16,9 +16,9 @@ pass (a :class:`~hf_prune.cut.walk.LayerWalk`) and refits each layer's candidate
 layer, then drops them: one layer's second moments at a time, never every layer's, and nothing kept of a layer once
 it has left memory — so a compensated search runs on a model offloaded layer by layer (``--layerwise``).
 
-With ``local_costs`` (``--search-costs local``) both meters measure most candidates by the change of their own layer's
-output and only one probe per scope and direction through the rest of the model (:mod:`~hf_prune.plan.search.probes`):
-one layer pass per candidate instead of one per later layer.
+With ``local=True`` (``--search-costs local``, for the first table) both meters measure most candidates by the change
+of their own layer's output and only one probe per scope and direction through the rest of the model
+(:mod:`~hf_prune.plan.search.probes`): one layer pass per candidate instead of one per later layer.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ class CostMeter(AbstractContextManager):
     """
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, scopes: Sequence[PrunableScope],
-                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None,
-                 local_costs: bool = False):
+                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None):
         self.model, self.adapter = model, adapter
         self.layers = adapter.decoder_layers(model)
         self.scopes = {scope.name: scope for scope in scopes}
@@ -63,7 +62,6 @@ class CostMeter(AbstractContextManager):
         self.base_kl = 0.0
         self.layer_passes = 0
         self.compensation = compensation  # when given, every mask is measured with its compensation applied
-        self.local_costs = local_costs  # most candidates by their own layer's output change (module docstring)
         self._final: list[torch.Tensor] = []  # per batch: the plan's last hidden states (the last layer's output)
 
     def _live(self, name: str):
@@ -144,10 +142,11 @@ class CostMeter(AbstractContextManager):
         if self.compensation is not None and name in self.compensation.scopes:
             self.compensation.set(self.scopes[name], self.current[name])
 
-    def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
+    def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str,
+                local: bool = False) -> list[float]:
         """:meth:`cost` of every ``(scope, kept, mask)``, with a progress bar whose ETA counts layer passes; with
-        ``local_costs``, the probes' costs and every other candidate's scaled from its :meth:`local_change`."""
-        if not self.local_costs:
+        ``local``, the probes' costs and every other candidate's scaled from its :meth:`local_change`."""
+        if not local:
             return self._measure_each(requests, desc)
         with tqdm(total=len(requests), desc=f"{desc} (local)", unit="layer", leave=False) as bar:
             changes = []
@@ -301,13 +300,14 @@ class SweepCostMeter(CostMeter):
             return self._set_base_kl(hidden)
 
     @torch.no_grad()
-    def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
+    def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str,
+                local: bool = False) -> list[float]:
         candidates = self._candidates(requests)
-        sweep = self._sweep(requests, desc, candidates if self.local_costs else None)
+        sweep = self._sweep(requests, desc, candidates if local else None)
         with resident(self._outside):
             measured = {index: self._kl(stream) - self.base_kl
                         for index, stream in enumerate(sweep.streams) if stream is not None}
-        if not self.local_costs:
+        if not local:
             return [measured[index] for index in range(len(requests))]
         return scaled_costs(candidates, sweep.changes, sweep.probes, measured)
 

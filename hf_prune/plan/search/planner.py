@@ -6,11 +6,11 @@
 2. **Measured cost.** For every (scope, count), the KL divergence of the next-token distribution from
    the dense model's when only that scope is cut, on held-out calibration rows
    (:class:`~hf_prune.plan.search.costs.CostMeter`) — with ``--compensate`` applied to the candidate, so the
-   search chooses widths for the model it will actually produce. ``--search-costs local`` measures one probe
-   per scope that way and scales the others by the change of their own layer's output
-   (:mod:`~hf_prune.plan.search.probes`). ``--sequential`` measures the same
-   costs in one pass over the layers (:class:`~hf_prune.plan.search.costs.SweepCostMeter`), the way a model
-   offloaded by ``device_map`` is searched on one GPU.
+   search chooses widths for the model it will actually produce. ``--search-costs local`` measures in this
+   first table one probe per scope that way and scales the others by the change of their own layer's output
+   (:mod:`~hf_prune.plan.search.probes`); the refinement rounds measure every candidate. ``--sequential``
+   measures the same costs in one pass over the layers (:class:`~hf_prune.plan.search.costs.SweepCostMeter`),
+   the way a model offloaded by ``device_map`` is searched on one GPU.
 3. **Solve.** One count per scope, least total cost, at least the budget removed: an exact
    multiple-choice knapsack (:mod:`~hf_prune.plan.search.knapsack`); the surplus that rounding to the grid
    leaves is given back group by group where it costs least, so the budget is met within one group.
@@ -170,12 +170,11 @@ def _meter(request: AllocationRequest) -> CostMeter:
     if config.compensate != "none":  # measure every candidate as it will be cut: compensated
         statistics = CalibrationStatistics() if sweep else request.statistics
         compensation = TemporaryCompensation(model, request.scopes, statistics, COMPENSATIONS[config.compensate]())
-    local = config.search.costs == "local"
     if sweep:
         return SweepCostMeter(model, adapter, adapter.scopes(model), request.held_out_rows,
-                              config.calibration.batch_size, compensation, local, calibration_rows=request.rows)
+                              config.calibration.batch_size, compensation, calibration_rows=request.rows)
     return CostMeter(model, adapter, adapter.scopes(model), request.held_out_rows, config.calibration.batch_size,
-                     compensation, local)
+                     compensation)
 
 
 class _Search:
@@ -206,7 +205,7 @@ class _Search:
                self.multiple, tuple(scope.name for scope in request.scopes),
                hash(request.held_out_rows.cpu().numpy().tobytes()))
         if key not in cache:
-            cache[key] = meter.measure(requests, "search: measuring costs")
+            cache[key] = meter.measure(requests, "search: measuring costs", local=options.costs == "local")
         choices = _choices(request, requests, cache[key], base={s.name: s.num_groups for s in request.scopes})
         counts = solve_counts(choices, self.target_removed)
         kl = meter.set_base(self.masks(counts))
