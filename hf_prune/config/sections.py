@@ -72,9 +72,8 @@ class SearchOptions:
         "not lower the held-out KL is discarded and ends the search")))
     costs: str = field(default="global", metadata=section_option("search_costs", (
         "search: 'global' measures every candidate's KL through the rest of the model (a layer pass per candidate "
-        "per later layer); 'local' measures, in the first table, one probe per scope and every whole-sublayer "
-        "removal that way, and every other candidate by the change of its own layer's output, scaled by its "
-        "probe; refinement rounds measure every candidate")))
+        "per later layer); 'local' measures that way one probe per scope and direction and every whole-sublayer "
+        "removal, and every other candidate by the change of its own layer's output, scaled by its probe")))
 
     def validate(self) -> None:
         check_positive_int(self, "rows", "mlp_levels")

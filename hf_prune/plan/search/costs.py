@@ -16,7 +16,7 @@ pass (a :class:`~hf_prune.cut.walk.LayerWalk`) and refits each layer's candidate
 layer, then drops them: one layer's second moments at a time, never every layer's, and nothing kept of a layer once
 it has left memory — so a compensated search runs on a model offloaded layer by layer (``--layerwise``).
 
-With ``local=True`` (``--search-costs local``, for the first table) both meters measure most candidates by the change
+With ``local=True`` (``--search-costs local``) both meters measure most candidates by the change
 of their own layer's output and only one probe per scope and direction through the rest of the model
 (:mod:`~hf_prune.plan.search.probes`): one layer pass per candidate instead of one per later layer.
 """

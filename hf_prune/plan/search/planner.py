@@ -6,9 +6,9 @@
 2. **Measured cost.** For every (scope, count), the KL divergence of the next-token distribution from
    the dense model's when only that scope is cut, on held-out calibration rows
    (:class:`~hf_prune.plan.search.costs.CostMeter`) — with ``--compensate`` applied to the candidate, so the
-   search chooses widths for the model it will actually produce. ``--search-costs local`` measures in this
-   first table one probe per scope that way and scales the others by the change of their own layer's output
-   (:mod:`~hf_prune.plan.search.probes`); the refinement rounds measure every candidate. ``--sequential``
+   search chooses widths for the model it will actually produce. ``--search-costs local`` measures one probe
+   per scope and direction that way and scales the others by the change of their own layer's output
+   (:mod:`~hf_prune.plan.search.probes`). ``--sequential``
    measures the same costs in one pass over the layers (:class:`~hf_prune.plan.search.costs.SweepCostMeter`),
    the way a model offloaded by ``device_map`` is searched on one GPU.
 3. **Solve.** One count per scope, least total cost, at least the budget removed: an exact
@@ -223,7 +223,8 @@ class _Search:
             requests = [(scope, count, self.mask(scope, count)) for scope in request.scopes
                         for count in finer_counts(scope, counts[scope.name], step[scope.name], self.multiple)
                         if count != counts[scope.name]]
-            measured = meter.measure(requests, f"search: refining ({round_index}/{rounds})")
+            measured = meter.measure(requests, f"search: refining ({round_index}/{rounds})",
+                                     local=self.options.costs == "local")
             candidate = solve_counts(_choices(request, requests, measured, base=counts), self.target_removed)
             new_kl = meter.set_base(self.masks(candidate))
             accepted = new_kl < kl

@@ -3,31 +3,32 @@
 Measuring a candidate's KL means running it through every later layer, so a full table of costs is
 O(layers²) layer passes, which is what makes the search slow on an 8B–70B model. Within one scope, the KL
 a candidate adds is close to proportional to the squared change it makes to its layer's output on the
-held-out rows (SmolLM2-135M, first table, compensated: rank correlation 0.99, median error 6%), while the
+held-out rows (a development measurement on SmolLM2-135M's first table, compensated, not kept in eval/results:
+rank correlation 0.99, median error 6%), while the
 factor between the two falls by two orders of magnitude from the first layer to the last. So per scope
 and direction (removing groups or, around a plan, giving groups back) one candidate, the *probe*, is
 measured through the rest of the model, and every other candidate's cost is the probe's cost times the
-ratio of the two local changes: one layer pass per candidate plus one full pass per probe. The search
-uses this for its first table, around the dense model. Its refinement rounds measure every candidate: there a
-scope has one or two candidates per direction, so probes would save little, and around a plan the KL has a
-first-order term in the change, which a squared change does not follow. Measured on SmolLM2 (test split, seed 0,
-``python eval/compare.py --models smollm2 --seeds 0 --mc-items 0 --search-rows 2 --search-refine-rounds 1
---methods 'search + least squares, local costs (activation)' --name compare_local``): 1.290 / 1.920 / 3.147 at
-20 / 35 / 50%, where measuring every candidate gave 1.315 / 1.909 / 2.974 (``eval/results/compare.json``).
+ratio of the two local changes: one layer pass per candidate plus one full pass per probe. Around the dense
+model (the first table) that replaces O(layers²) passes per candidate by one; in a refinement round, where a scope
+has one or two candidates per direction, it saves about a third. Measured on SmolLM2 (test split, seed 0, search +
+least squares, ``python eval/compare.py --models smollm2 --seeds 0 --mc-items 0 --search-rows 2
+--search-refine-rounds 1 --methods 'search + least squares, local costs (activation)'``): 1.292 / 1.927 / 3.139 at
+20 / 35 / 50% (``eval/results/compare_local.json``), and 1.290 / 1.920 / 3.147 with the refinement's candidates
+all measured (``eval/results/local_costs_first_table_only.json``), where measuring every candidate gave
+1.315 / 1.909 / 2.974 (``eval/results/compare.json``).
 
 The probe is the candidate with the median kept count among those that change the output at all, so the
 factor is read in the middle of the range it is applied to. (The lower quartile, where the knapsack takes its
 deep cuts, made plans with a lower summed measured cost of the first table on SmolLM2's held-out calibration
-rows, but worse test perplexity: 1.353 / 2.058 against 1.290 / 1.920 at 20 / 35%, seed 0,
-``eval/results/local_costs_quartile_probe.partial.json`` and ``compare_local.json``.)
+rows in development, but worse test perplexity: 1.353 / 2.058 against 1.290 / 1.920 at 20 / 35%, seed 0, both
+with the refinement's candidates all measured: ``eval/results/local_costs_quartile_probe.partial.json`` and
+``local_costs_first_table_only.json``.)
 A scope whose candidates change nothing costs nothing.
 
 Removing a sublayer whole is always measured (it is its own family): there the proportionality breaks down.
 In development measurements of SmolLM2's first table (not kept in eval/results), the whole MLP's cost scaled
 from the probe came out anywhere from 0.3× to 200× the measured one, and the knapsack picks exactly the
-underestimated ones; the widths in between stayed within 0.4–1.4× of the measured cost. Measuring the
-refinement's candidates locally too gave plans of the same test perplexity (1.292 / 1.927 / 3.139 at
-20 / 35 / 50%, ``eval/results/local_costs_every_table.partial.json``) at a saving of about a third of a round.
+underestimated ones; the widths in between stayed within 0.4–1.4× of the measured cost.
 """
 
 from __future__ import annotations
