@@ -57,7 +57,7 @@ def run(model: Path, output: Path, flags: list[str], calibration: str, args: arg
     return {"seconds": measured["seconds"], "load_before": load, "argv": argv}
 
 
-def pairs(model: Path, calibration: str, mode: str, args: argparse.Namespace, scratch: Path) -> list[dict]:
+def rounds(model: Path, calibration: str, mode: str, args: argparse.Namespace, scratch: Path) -> list[dict]:
     """``args.pairs`` rounds of every command in turn; each row is one command's run with its ratio to that round's
     EMP run."""
     rows = []
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 make_checkpoint(model, LLAMA_3_2_1B, None)
             print(f"[{name}]", flush=True)
             for mode in args.modes:
-                rows += [{"model": name, **row} for row in pairs(model, calibration, mode, args, scratch / name)]
+                rows += [{"model": name, **row} for row in rounds(model, calibration, mode, args, scratch / name)]
     markdown = render(rows, args)
     print(markdown)
     write_results(args.name, rows, markdown, {"settings": vars(args), "cores": os.cpu_count(),

@@ -15,12 +15,7 @@ from hf_prune.plan.search.probes import Candidate, choose_probes, scaled_costs
 from hf_prune.registry import COMPENSATIONS
 
 from .conftest import make_model
-from .test_search import search_config
-
-
-@pytest.fixture()
-def calibration():
-    return torch.randint(0, 200, (6, 32), generator=torch.Generator().manual_seed(2))
+from .test_search import calibration, search_config  # noqa: F401  (calibration: the search tests' fixture)
 
 
 def test_the_probe_is_the_median_count_of_each_scope_and_direction_and_removal_is_measured_itself():
