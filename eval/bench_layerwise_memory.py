@@ -11,6 +11,15 @@ layer in float32 + that layer's second moments + the calibration activations + t
     HF_HUB_OFFLINE=1 python eval/bench_layerwise_memory.py                # ~1.24B parameters, ~6 min on 2 CPU cores
     HF_HUB_OFFLINE=1 python eval/bench_layerwise_memory.py --recipe search-lstsq --name layerwise_memory_search_lstsq
 
+``--recipe search-lstsq-recipe`` runs ``recipes/search-lstsq.yaml`` itself, as a user would. At 8B on a CPU that is a
+run of many hours, longer than a working session: ``--workdir DIR`` keeps the checkpoint, the output and the search's
+state in DIR, and running the same command again continues an interrupted run with ``--resume``. Every process writes
+its peak memory to DIR every 30 s, so the peak of a segment that was killed is counted too; the results are written
+once the run has finished (peak: the largest of its segments; seconds: their sum)::
+
+    HF_HUB_OFFLINE=1 python eval/bench_layerwise_memory.py --shape llama-3.1-8b --modes layerwise --samples 4 \
+        --seq-len 128 --recipe search-lstsq-recipe --workdir runs/llama-8b-recipe --name layerwise_memory_recipe_8b
+
 Writes ``eval/results/layerwise_memory.{md,json}`` (``--name``).
 """
 
@@ -44,7 +53,7 @@ SHAPES = {"llama-3.2-1b": LLAMA_3_2_1B, "llama-3.1-8b": LLAMA_3_1_8B}
 
 #: runs in a fresh interpreter: the baseline is taken once everything a run imports is imported
 PROBE = """
-import json, sys, time
+import json, os, sys, threading, time
 import datasets, torch, transformers  # noqa: F401
 from hf_prune.run.cli import main
 
@@ -53,6 +62,18 @@ def status_mb(field):
 
 baseline = status_mb("VmRSS")
 start = time.perf_counter()
+progress = os.environ.get("HF_PRUNE_BENCH_PROGRESS")
+
+def report():  # a segment killed with its session still leaves its peak
+    while True:
+        time.sleep(30)
+        with open(progress + ".tmp", "w") as handle:
+            json.dump({"baseline_mb": baseline, "peak_mb": status_mb("VmHWM"),
+                       "seconds": time.perf_counter() - start}, handle)
+        os.replace(progress + ".tmp", progress)
+
+if progress:
+    threading.Thread(target=report, daemon=True).start()
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "baseline_mb": baseline, "peak_mb": status_mb("VmHWM"),
                   "seconds": time.perf_counter() - start}))
@@ -90,18 +111,55 @@ RECIPES = {
     "emp": ["--target", "emp", "--sparsity", "0.3"],
     "search-lstsq": ["--target", "search", "--units", "all", "--compensate", "lstsq", "--sparsity", "0.35",
                      "--search-rows", "2", "--mlp-levels", "4", "--refine-rounds", "1"],
+    "search-lstsq-recipe": ["--recipe", "recipes/search-lstsq.yaml", "--sparsity", "0.35"],  # from the repository root
 }
 
 
-def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int, recipe: str) -> dict:
+def recipe_value(recipe: str, flag: str) -> int:
+    """A search option of a recipe: from its flags, or from the recipe file it names."""
+    flags = RECIPES[recipe]
+    if f"--{flag.replace('_', '-')}" in flags:
+        return int(flags[flags.index(f"--{flag.replace('_', '-')}") + 1])
+    import yaml
+
+    return int(yaml.safe_load((EVAL_DIR.parent / flags[flags.index("--recipe") + 1]).read_text())[flag])
+
+
+def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int, recipe: str,
+        progress: Path | None = None) -> dict:
+    """One hf-prune process; with ``progress`` (a resumable run in a work directory) it continues the saved state
+    of an interrupted one and reports its peak memory to that file as it goes."""
     argv = ["--model", str(source), "--output", str(output), *RECIPES[recipe],
             "--calibration", "builtin", "--calibration-samples", str(samples), "--seq-len", str(seq_len)]
     argv += ["--layerwise"] if layerwise else ["--sequential"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env)
+    if progress is not None:
+        env["HF_PRUNE_BENCH_PROGRESS"] = str(progress)
+        if (output.parent / f"{output.name}.search-state").is_dir():
+            argv.append("--resume")
+    result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env,
+                            cwd=EVAL_DIR.parent)
     if result.returncode != 0:
         raise SystemExit(f"hf-prune failed ({'layerwise' if layerwise else 'in memory'}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_segments(workdir: Path, mode: str, args: argparse.Namespace) -> dict:
+    """Run (or continue) the mode's run in ``workdir``; once it has finished, its peak is the largest of its
+    segments' (killed ones included: each reported its peak as it went) and its seconds their sum."""
+    output = workdir / mode
+    if (output / "config.json").is_file() and (workdir / f"{mode}.result.json").is_file():
+        return json.loads((workdir / f"{mode}.result.json").read_text())  # finished before
+    segments = sorted(workdir.glob(f"{mode}.segment-*.json"))
+    progress = workdir / f"{mode}.segment-{len(segments):03d}.json"
+    finished = run(workdir / "dense", output, mode == "layerwise", args.samples, args.seq_len, args.recipe, progress)
+    progress.write_text(json.dumps(finished))
+    reports = [json.loads(path.read_text()) for path in sorted(workdir.glob(f"{mode}.segment-*.json"))]
+    worst = max(reports, key=lambda report: report["peak_mb"] - report["baseline_mb"])
+    result = {"code": finished["code"], "baseline_mb": worst["baseline_mb"], "peak_mb": worst["peak_mb"],
+              "seconds": sum(report["seconds"] for report in reports), "segments": len(reports)}
+    (workdir / f"{mode}.result.json").write_text(json.dumps(result))
+    return result
 
 
 def same_tensors(a: Path, b: Path) -> bool:
@@ -127,12 +185,16 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration row")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="emp")
     parser.add_argument("--name", default="layerwise_memory")
+    parser.add_argument("--workdir", type=Path, default=None, help=(
+        "keep the checkpoint, the outputs and the search's state here, and continue an interrupted run when the "
+        "same command is run again (default: a temporary directory, removed at the end)"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hf-prune-layerwise-") as scratch:
-        scratch = Path(scratch)
+        scratch = args.workdir.resolve() if args.workdir is not None else Path(scratch)
         shape = SHAPES[args.shape]
-        make_checkpoint(scratch / "dense", shape, args.layers)
+        if not (scratch / "dense" / "config.json").is_file():
+            make_checkpoint(scratch / "dense", shape, args.layers)
         files = sorted((scratch / "dense").glob("*.safetensors"))
         checkpoint_mb = sum(p.stat().st_size for p in files) / 2**20
         from transformers import AutoConfig
@@ -140,8 +202,8 @@ def main() -> None:
         config = AutoConfig.from_pretrained(scratch / "dense")
         rows = {}
         for mode in args.modes:
-            rows[mode] = run(scratch / "dense", scratch / mode, mode == "layerwise", args.samples, args.seq_len,
-                             args.recipe)
+            rows[mode] = run_segments(scratch, mode, args) if args.workdir is not None else run(
+                scratch / "dense", scratch / mode, mode == "layerwise", args.samples, args.seq_len, args.recipe)
             rows[mode]["added_mb"] = rows[mode]["peak_mb"] - rows[mode]["baseline_mb"]
             print(f"{mode}: peak {rows[mode]['peak_mb']:.0f} MB, {rows[mode]['added_mb']:.0f} MB above the "
                   f"imports, {rows[mode]['seconds']:.0f} s", flush=True)
@@ -176,10 +238,9 @@ def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
     hidden, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     kv = config.num_key_value_heads * config.head_dim
     layer_params = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner + 2 * hidden
-    search = args.recipe == "search-lstsq"
-    flags = RECIPES[args.recipe]
-    search_tokens = int(flags[flags.index("--search-rows") + 1]) * args.seq_len if search else 0
-    levels = int(flags[flags.index("--mlp-levels") + 1]) if search else 0
+    search = args.recipe.startswith("search-lstsq")
+    search_tokens = recipe_value(args.recipe, "search_rows") * args.seq_len if search else 0
+    levels = recipe_value(args.recipe, "mlp_levels") if search else 0
     candidates = config.num_hidden_layers * (config.num_key_value_heads + levels)  # the first table's
     terms = {"fp32_layer_mb": layer_params * 4 / 2**20,
              "layer_second_moments_mb": (hidden * hidden + inner * inner) * 8 / 2**20 if search else 0.0,

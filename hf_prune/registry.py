@@ -91,15 +91,18 @@ class Registry(Mapping[str, T], Generic[T]):
 
 
 #: how many groups each layer keeps (:class:`hf_prune.plan.allocation.Target`). Traits: ``section`` the options
-#: section only this target reads; ``learned`` trains gates (resumable state, 4/8-bit base, Ctrl-C saves);
+#: section only this target reads; ``learned`` trains gates (4/8-bit base); ``resumable`` keeps a state in
+#: ``--state-dir`` that an interrupted run continues from (``--resume``; Ctrl-C saves it; the ``state`` section);
 #: ``options`` top-level options only some targets read; ``default_units`` when --units is not given;
 #: ``equal_counts`` every layer keeps the same count (what --uniform-shapes needs)
 TARGETS: Registry[Any] = Registry("target", {
     "uniform": Builtin("hf_prune.plan.allocation.uniform:UNIFORM", {"equal_counts": True}),
     "emp": Builtin("hf_prune.plan.allocation.emp:EMP", {"options": ("beta", "mlp_multiple")}),
-    "hyperflux": Builtin("hf_prune.plan.hyperflux.planner:HYPERFLUX", {"section": "hyperflux", "learned": True}),
+    "hyperflux": Builtin("hf_prune.plan.hyperflux.planner:HYPERFLUX", {"section": "hyperflux", "learned": True,
+                                                                         "resumable": True}),
     "search": Builtin("hf_prune.plan.search.planner:SEARCH",
-                      {"section": "search", "options": ("mlp_multiple",), "default_units": "all"}),
+                      {"section": "search", "options": ("mlp_multiple",), "default_units": "all",
+                       "resumable": True}),
 })
 
 #: per-group importance scores (:class:`hf_prune.plan.importance.Importance` subclasses). Trait: ``backward`` the

@@ -191,9 +191,9 @@ def test_ctrl_c_saves_the_state_and_prints_the_resume_command_and_rerun_must_cho
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("hf-prune: interrupted at step") and "resume with: " in last
+    assert last.startswith("hf-prune: interrupted at Hyperflux step") and "resume with: " in last
     step = json.loads(state.read_text())["step"]
-    assert f"interrupted at step {step};" in last and step >= first_saved
+    assert f"interrupted at Hyperflux step {step};" in last and step >= first_saved
     assert not (tmp_path / "out").exists()
 
     rerun = subprocess.run(hyperflux_run(model_dir, calibration, tmp_path / "out"), capture_output=True,
@@ -219,7 +219,7 @@ def test_the_resume_command_continues_a_restarted_run(tmp_path):
 
     state = tmp_path / "out.hyperflux-state"
     state.mkdir()
-    (state / "hyperflux_state.json").write_text(json.dumps({"step": 7}))
+    (state / "hyperflux_state.json").write_text(json.dumps({"step": 7, "progress": "Hyperflux step 7"}))
     argv = ["--target", "hyperflux", "--restart", "--output", str(tmp_path / "out")]
     config, options, model = prune_settings(build_prune_parser().parse_args(argv))
     command = interrupted_message(argv, start(model, config, options, None).config).split("resume with: ", 1)[1]

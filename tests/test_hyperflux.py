@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_prune.adapters import get_adapter
-from hf_prune.config import HyperfluxOptions
+from hf_prune.config import HyperfluxOptions, RunStateOptions
 from hf_prune.cut.masks import GroupMasks
 from hf_prune.plan.hyperflux import (
     GateSet,
@@ -154,9 +154,9 @@ def run_toy(tmp_path, stop_at=None, resume=False, restart=False):
     model, scopes, costs = toy_problem()
     rows = self_generated_rows(model, rows=8, length=16)
     budget = 0.6 * sum(s.num_groups * costs[s.name] for s in scopes)
-    options = HyperfluxOptions(steps=40, regrowth_steps=10, tick_every=5, gate_lr=0.02, checkpoint_every=10, state_dir=str(tmp_path / "state"), resume=resume,
-                               restart=restart)
-    trainer = HyperfluxTrainer(model, scopes, costs, budget, rows, options, batch_size=2)
+    options = HyperfluxOptions(steps=40, regrowth_steps=10, tick_every=5, gate_lr=0.02, checkpoint_every=10)
+    state = RunStateOptions(dir=str(tmp_path / "state"), resume=resume, restart=restart)
+    trainer = HyperfluxTrainer(model, scopes, costs, budget, rows, options, batch_size=2, state=state)
 
     def interrupt(step):
         if stop_at is not None and step == stop_at:
@@ -194,11 +194,12 @@ def test_resume_refuses_another_runs_state(tmp_path):
         run_toy(tmp_path, stop_at=12)
     model, scopes, costs = toy_problem(seed=1)
     rows = self_generated_rows(model, rows=8, length=16, seed=1)
-    options = HyperfluxOptions(steps=40, tick_every=5, state_dir=str(tmp_path / "state"), resume=True)
+    options = HyperfluxOptions(steps=40, tick_every=5)
+    state = RunStateOptions(dir=str(tmp_path / "state"), resume=True)
     from hf_prune.errors import ConfigError
 
     with pytest.raises(ConfigError, match="belongs to a run with other options"):
-        HyperfluxTrainer(model, scopes, costs, 1000.0, rows, options).run()
+        HyperfluxTrainer(model, scopes, costs, 1000.0, rows, options, state=state).run()
 
 
 def short_run(batch_size=1, **overrides):

@@ -10,8 +10,11 @@ every tensor byte-identical. Rewritten again when the card's scoring command bec
 those two lines of the cards differ. Rewritten when ``--search-costs`` came: every config and report holds the new key
 (``search.costs: global``); the search's held-out KL was rewritten with a change in its 7th significant digit
 (0.0092975830 -> 0.0092975958, within the comparison's tolerance: it was not among the differences found) — every
-tensor byte-identical. Rewrite it only for such a change, and say in the commit what
-differed."""
+tensor byte-identical. Rewritten when the resumable state's flags (``--state-dir``, ``--resume``, ``--restart``) moved
+from the Hyperflux section to their own (``state``, read by Hyperflux and the search, and no longer recorded: a local
+path of one run is not part of what a checkpoint says about its pruning): every config and report lost
+``hyperflux.state_dir / resume / restart``, nothing else differed. Rewrite
+it only for such a change, and say in the commit what differed."""
 
 from __future__ import annotations
 

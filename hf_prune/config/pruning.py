@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..registry import COMPENSATIONS, IMPORTANCES, TARGETS
 from .fields import check_choice, default_of, flag_name, option, refuse_unknown
-from .sections import SECTIONS, CalibrationOptions, HyperfluxOptions, RecoveryOptions, SearchOptions
+from .sections import SECTIONS, CalibrationOptions, HyperfluxOptions, RecoveryOptions, RunStateOptions, SearchOptions
 
 UNITS = ("all", "attention", "mlp")
 #: what --refit-on accepts: the inputs compensation refits the consumers on
@@ -32,8 +32,10 @@ def compensation_choices() -> tuple[str, ...]:
 
 
 def section_owners(section: str) -> list[str]:
-    """The targets that read ``section`` (its flags are refused with any other); none for a shared section."""
-    return [name for name in TARGETS if TARGETS.traits(name).get("section") == section]
+    """The targets that read ``section`` (its flags are refused with any other); none for a shared section. The
+    ``state`` section is read by the targets whose trait says ``resumable``."""
+    return [name for name in TARGETS if TARGETS.traits(name).get("section") == section
+            or (section == "state" and TARGETS.traits(name).get("resumable"))]
 
 
 def option_owners(name: str) -> list[str] | None:
@@ -92,6 +94,8 @@ class PruningConfig:
     search: SearchOptions = field(default_factory=SearchOptions, metadata=option("--target search (a section)"))
     hyperflux: HyperfluxOptions = field(default_factory=HyperfluxOptions, metadata=option(
         "--target hyperflux (a section)"))
+    state: RunStateOptions = field(default_factory=RunStateOptions, metadata=option(
+        "where --target hyperflux / search keep the state an interrupted run resumes from (a section)"))
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions, metadata=option(
         "recovery after the cut (a section; flags --recover, --recover-*, --lora-*)"))
 
@@ -165,8 +169,13 @@ class PruningConfig:
 
     @property
     def learned(self) -> bool:
-        """Whether the target trains gates (resumable state, a 4/8-bit base, Ctrl-C saves the state)."""
+        """Whether the target trains gates (a 4/8-bit base, no --layerwise)."""
         return bool(TARGETS.traits(self.target).get("learned"))
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the target keeps a state in ``--state-dir`` that an interrupted run continues from (Ctrl-C saves it)."""
+        return bool(TARGETS.traits(self.target).get("resumable"))
 
     @property
     def held_out_rows(self) -> int:
@@ -188,7 +197,11 @@ class PruningConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every option that shaped the weights, as nested sections. Not ``state`` (where an interrupted run keeps
+        its resumable state): that is a local path of one run, not part of what the checkpoint records."""
+        values = asdict(self)
+        values.pop("state")
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PruningConfig":

@@ -212,7 +212,7 @@ def effective_config(config: PruningConfig, options: RunOptions, model_id: str |
 
     - the embedded default calibrates on the text shipped with it, when the run reads text (``needs_text``);
     - ``--layerwise`` calibrates layer by layer (``--sequential``);
-    - a learned target keeps its resumable state beside the output (``<output>.hyperflux-state``).
+    - a resumable target keeps its state beside the output (``<output>.hyperflux-state``, ``<output>.search-state``).
     """
     changes: dict[str, Any] = {}
     calibration: dict[str, Any] = {}
@@ -222,9 +222,9 @@ def effective_config(config: PruningConfig, options: RunOptions, model_id: str |
         calibration["sequential"] = True
     if calibration:
         changes["calibration"] = calibration
-    if config.learned and not config.hyperflux.state_dir and options.output_dir is not None:
-        state_dir = str(Path(options.output_dir).expanduser().resolve()) + ".hyperflux-state"
-        changes["hyperflux"] = {"state_dir": state_dir}
+    if config.resumable and not config.state.dir and options.output_dir is not None:
+        state_dir = str(Path(options.output_dir).expanduser().resolve()) + f".{config.target}-state"
+        changes["state"] = {"dir": state_dir}
     return config.with_changes(**changes) if changes else config
 
 

@@ -3,7 +3,7 @@ fields name their own flag and validate themselves.
 
 ``calibration`` is read by every data-driven run; ``search`` and ``hyperflux`` by one target each (which target
 owns a section is that target's trait in :data:`hf_prune.registry.TARGETS`: its flags are refused with any
-other); ``recovery`` by ``--recover``.
+other); ``state`` by the targets whose trait says ``resumable``; ``recovery`` by ``--recover``.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ class SearchOptions:
 
 @dataclass
 class HyperfluxOptions:
-    """``--target hyperflux``: gate training and its resumable state (``config.hyperflux``); the trainer reads
-    exactly this object."""
+    """``--target hyperflux``: gate training (``config.hyperflux``); the trainer reads exactly this object (and
+    ``config.state``, where its resumable state is kept)."""
 
     steps: int = field(default=200, metadata=section_option("steps", (
         "Hyperflux: optimizer steps under pressure; the density follows the target curve to the budget at the end")))
@@ -110,13 +110,6 @@ class HyperfluxOptions:
     grad_accum: int = field(default=1, metadata=section_option("grad_accum", "Hyperflux: micro-batches per optimizer step"))
     checkpoint_every: int = field(default=50, metadata=section_option(
         "checkpoint_every", "Hyperflux: steps between resumable state snapshots in --state-dir"))
-    state_dir: str | None = field(default=None, metadata=section_option(
-        "state_dir", "Hyperflux: directory of the resumable state",
-        default_help="<output>.hyperflux-state when the run writes an output directory, else none"))
-    resume: bool = field(default=False, metadata=section_option(
-        "resume", "Hyperflux: continue an interrupted run from the state in --state-dir"))
-    restart: bool = field(default=False, metadata=section_option(
-        "restart", "Hyperflux: discard the state an interrupted run left in --state-dir and start from step 0"))
     gradient_checkpointing: bool = field(default=False, metadata=section_option(
         "gradient_checkpointing", "Hyperflux: recompute activations in the backward pass (less memory, ~30% more time)"))
 
@@ -125,11 +118,28 @@ class HyperfluxOptions:
         check_positive_number(self, "gate_lr", "pressure_step", "pressure_exponent")
         check_positive_int(self, "steps", "tick_every", "grad_accum", "checkpoint_every")
         check_non_negative_int(self, "regrowth_steps")
-        if self.resume and self.restart:
-            raise ConfigError("give --resume (continue the saved Hyperflux state) or --restart (discard it), not both")
         if self.steps < self.tick_every:
             raise ConfigError(f"steps ({self.steps}) must be at least tick_every ({self.tick_every}): the pressure "
                               "is updated every tick_every steps")
+
+
+@dataclass
+class RunStateOptions:
+    """Where a long planning stage keeps the state that lets an interrupted run continue (``config.state``): the
+    gates of ``--target hyperflux``, the cost tables and the sweep of ``--target search``. Read by the targets with
+    the ``resumable`` trait only; what is written there is theirs (:mod:`hf_prune.runtime.saved_state`)."""
+
+    dir: str | None = field(default=None, metadata=section_option(
+        "state_dir", "Hyperflux and search: directory of the resumable state of an interrupted run",
+        default_help="<output>.<target>-state when the run writes an output directory, else none"))
+    resume: bool = field(default=False, metadata=section_option(
+        "resume", "Hyperflux and search: continue an interrupted run from the state in --state-dir"))
+    restart: bool = field(default=False, metadata=section_option(
+        "restart", "Hyperflux and search: discard the state an interrupted run left in --state-dir and start over"))
+
+    def validate(self) -> None:
+        if self.resume and self.restart:
+            raise ConfigError("give --resume (continue the saved state) or --restart (discard it), not both")
 
 
 @dataclass
@@ -178,4 +188,4 @@ class RecoveryOptions:
 
 #: PruningConfig fields that are nested sections, each a dataclass whose fields carry their own flag
 SECTIONS: dict[str, type] = {"calibration": CalibrationOptions, "search": SearchOptions,
-                             "hyperflux": HyperfluxOptions, "recovery": RecoveryOptions}
+                             "hyperflux": HyperfluxOptions, "state": RunStateOptions, "recovery": RecoveryOptions}

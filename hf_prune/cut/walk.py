@@ -56,6 +56,18 @@ class LayerWalk:
     def asymmetric(self) -> bool:
         return self._dense_hidden is not None
 
+    def hidden_states(self) -> list[torch.Tensor]:
+        """The current inputs, per batch: with :meth:`restore_hidden_states`, how an interrupted walk is resumed."""
+        if self.asymmetric:
+            raise NotImplementedError("an asymmetric walk also holds a dense stream and a dense layer copy")
+        return self._hidden
+
+    def restore_hidden_states(self, hidden: list[torch.Tensor]) -> None:
+        """Continue from inputs :meth:`hidden_states` returned (the walk must have been built on the same rows)."""
+        if len(hidden) != len(self._hidden):
+            raise ValueError(f"{len(hidden)} batches of hidden states for a walk of {len(self._hidden)}")
+        self._hidden = list(hidden)
+
     def enter(self, layer: nn.Module) -> None:
         """Call before cutting anything of ``layer`` (resident): an asymmetric walk keeps a dense copy of it."""
         if self.asymmetric:

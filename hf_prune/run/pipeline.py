@@ -20,19 +20,19 @@ from ..calibration.statistics import CalibrationStatistics
 from ..config import PruningConfig, RunOptions, effective_config, is_embedded_default
 from ..data import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_QUALITY_GATE_FAILED, ConfigError
-from ..plan.hyperflux.state import saved_state_step
 from ..plan.planner import needs_calibration
 from ..report import PruningReport
+from ..runtime.saved_state import saved_progress
 from . import stages
 from .console import make_console
 
 #: the stages of a run whose model is in memory, in order
 IN_MEMORY = (stages.check_before_loading, stages.load, stages.read_recovery_text, stages.score_dense,
              stages.calibrate, stages.plan, stages.reload_for_cut, stages.cut, stages.recover_and_score,
-             stages.save_and_push, stages.wait_for_everyone)
+             stages.save_and_push, stages.wait_for_everyone, stages.discard_finished_state)
 #: ``--layerwise``: the model is never whole in memory; it is read, cut and written one layer at a time
 LAYER_BY_LAYER = (stages.check_before_loading, stages.load_layer_by_layer, stages.calibrate, stages.plan,
-                  stages.cut_and_write_layer_by_layer)
+                  stages.cut_and_write_layer_by_layer, stages.discard_finished_state)
 
 
 
@@ -103,10 +103,10 @@ def run_prune(model: str | None, config: PruningConfig, options: RunOptions, arg
 
 def interrupted_message(argv: list[str], config: PruningConfig | None) -> str:
     """One line after Ctrl-C: what is on disk, and the exact command that continues from it."""
-    if config is not None and config.learned and config.hyperflux.state_dir:
-        step = saved_state_step(config.hyperflux.state_dir)
-        if step is not None:
+    if config is not None and config.resumable and config.state.dir:
+        progress = saved_progress(config.state.dir)
+        if progress is not None:
             resume = [arg for arg in argv if arg not in ("--resume", "--restart")] + ["--resume"]
-            return (f"interrupted at step {step}; the Hyperflux state is saved in {config.hyperflux.state_dir}; "
+            return (f"interrupted at {progress}; the state is saved in {config.state.dir}; "
                     f"resume with: {shlex.join(['hf-prune', *resume])}")
     return "interrupted; nothing was written"

@@ -42,13 +42,13 @@ from ..io.checkpoint import (
 )
 from ..io.hub import HubError, push_folder
 from ..io.layerwise import LayerByLayer, ShardWriter, dense_layer_bytes, finish_meta_model, load_offloaded
-from ..plan.hyperflux.state import check_saved_state
 from ..plan.planner import calibration_ids, check_budget, make_plan
 from ..quality import headline_scores, paired_perplexity, retention_table, run_lm_eval
 from ..registry import EXPORTS, RECOVERIES
 from ..report import PruningReport
 from ..runtime.distributed import process_state
 from ..runtime.offload import has_offloaded_weights
+from ..runtime.saved_state import check_saved_state, discard_saved_state
 from .console import print_results, say_written
 
 
@@ -98,8 +98,8 @@ def check_before_loading(run: Run) -> None:
     check_budget(run.model if run.source is None else empty_model(run.source), config)
     if options.output_dir is not None:
         prepare_output_dir(options.output_dir, options.overwrite)
-    if config.learned:
-        check_saved_state(config.hyperflux.state_dir, resume=config.hyperflux.resume, restart=config.hyperflux.restart)
+    if config.resumable:
+        check_saved_state(config.state.dir, resume=config.state.resume, restart=config.state.restart)
 
 
 # -- in memory -------------------------------------------------------------------------------------------------
@@ -202,6 +202,14 @@ def save_and_push(run: Run) -> None:
 
 def wait_for_everyone(run: Run) -> None:
     process_state().wait_for_everyone()
+
+
+def discard_finished_state(run: Run) -> None:
+    """The run is written: the state an interruption would have resumed from has nothing left to do (main process).
+    Kept until now, not dropped when planning ends, so a run killed while cutting or saving resumes without planning
+    again."""
+    if run.main and run.config.resumable:
+        discard_saved_state(run.config.state.dir)
 
 
 # -- layer by layer --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def plan_with_gates(request: AllocationRequest) -> Allocation:
     budget = request.kept_budget
     trainer = HyperfluxTrainer(request.model, request.scopes, request.params_per_group, budget, rows,
                                config.hyperflux, scores=request.scores or None,
-                               batch_size=config.calibration.batch_size, seed=config.seed)
+                               batch_size=config.calibration.batch_size, seed=config.seed, state=config.state)
     result = trainer.run()
     target_density = budget / trainer.gates.total_cost
     details = {"final_density_before_projection": result.final_density,

@@ -8,7 +8,7 @@ projected onto exactly the budget.
 
 Data parallel: under ``accelerate launch`` each process runs its share of the calibration rows and
 the gate gradients are averaged across processes before each step (:mod:`hf_prune.runtime.distributed`), so all
-processes hold identical gates. Resumable (:mod:`.state`): the state is written every ``checkpoint_every`` steps
+processes hold identical gates. Resumable (:mod:`hf_prune.runtime.saved_state`): the state is written every ``checkpoint_every`` steps
 and when Ctrl-C stops the run at a step boundary (:mod:`hf_prune.runtime.interrupt`), and the batch order is a
 function of (seed, step) alone, so a resumed run ends exactly where an uninterrupted one does.
 """
@@ -26,17 +26,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...adapters import PrunableScope
-from ...config import HyperfluxOptions
+from ...config import HyperfluxOptions, RunStateOptions
 from ...errors import ConfigError
 from ...runtime.distributed import any_process, average_gradients, process_state, shard_for_this_process
 from ...runtime.interrupt import stop_at_step_boundary
 from ...runtime.modes import mode
+from ...runtime.saved_state import check_saved_state, discard_saved_state, fingerprint, read_state, write_state
 from .gates import GateSet
 from .projection import project_to_budget
 from .scheduler import PressureScheduler, TargetTrajectory
-from .state import check_saved_state, discard_saved_state, fingerprint, read_state, write_state
 
 logger = logging.getLogger(__name__)
+
+#: the name of the gates' state in --state-dir (``hyperflux_state.json`` and ``.safetensors``)
+STATE_NAME = "hyperflux"
 
 
 @dataclass
@@ -62,12 +65,14 @@ class HyperfluxTrainer:
         *,
         batch_size: int = 1,
         seed: int = 0,
+        state: RunStateOptions | None = None,
     ):
         self.model = model
         self.scopes = list(scopes)
         self.params_per_group = dict(params_per_group)
         self.kept_budget = kept_budget
         self.options = options
+        self.state = state or RunStateOptions()
         self.batch_size = batch_size
         self.seed = seed
         self.rows = shard_for_this_process(input_ids)
@@ -131,14 +136,14 @@ class HyperfluxTrainer:
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         try:  # transformers checkpoints only in training mode; these models have no dropout
             with mode(self.model, options.gradient_checkpointing), torch.enable_grad(), self.gates.masks(self.model), \
-                    stop_at_step_boundary("the Hyperflux state", enabled=bool(options.state_dir)) as stop:
+                    stop_at_step_boundary("the Hyperflux state", enabled=bool(self.state.dir)) as stop:
                 while self.step < total:
                     self._one_step(progress)
                     if on_step_end is not None:
                         on_step_end(self.step)
                     if any_process(stop.requested, self.device) and self.step < total:
                         self._save_state()
-                        raise KeyboardInterrupt(f"stopped after step {self.step}; state saved in {options.state_dir}")
+                        raise KeyboardInterrupt(f"stopped after step {self.step}; state saved in {self.state.dir}")
         finally:
             progress.close()
             for param, flag in zip(self.model.parameters(), flags):
@@ -148,7 +153,7 @@ class HyperfluxTrainer:
         logits = {name: value.cpu() for name, value in self.gates.logits_by_scope().items()}
         plan = project_to_budget(self.scopes, logits, self.params_per_group, self.kept_budget)
         if state.is_main_process:
-            discard_saved_state(options.state_dir)  # finished: nothing left to resume
+            discard_saved_state(self.state.dir)  # finished: nothing left to resume
         return HyperfluxResult(plan, self.trajectory, logits, self.gates.density(), time.perf_counter() - started,
                                state.num_processes)
 
@@ -161,7 +166,7 @@ class HyperfluxTrainer:
         lm_loss = self._optimizer_step()
         self.step += 1
         self._maybe_tick(lm_loss)
-        if options.state_dir and self.step % options.checkpoint_every == 0 and self.step < options.steps + options.regrowth_steps:
+        if self.state.dir and self.step % options.checkpoint_every == 0 and self.step < options.steps + options.regrowth_steps:
             self._save_state()
         progress.update(1)
         if self.step % options.tick_every == 0:
@@ -219,13 +224,13 @@ class HyperfluxTrainer:
     # -- resume ----------------------------------------------------------------------------
     def _start_from_saved_state(self) -> None:
         """Continue the saved state (``resume``), discard it (``restart``), or refuse to overwrite it."""
-        options = self.options
-        if not options.state_dir:
+        state = self.state
+        if not state.dir:
             return
-        check_saved_state(options.state_dir, resume=options.resume, restart=options.restart)
-        if options.restart:
-            discard_saved_state(options.state_dir)
-        elif options.resume:
+        check_saved_state(state.dir, resume=state.resume, restart=state.restart)
+        if state.restart:
+            discard_saved_state(state.dir)
+        elif state.resume:
             self._load_state()
 
     def _save_state(self) -> None:
@@ -239,12 +244,12 @@ class HyperfluxTrainer:
                 tensors[f"adam/{index}/exp_avg"] = slot["exp_avg"]
                 tensors[f"adam/{index}/exp_avg_sq"] = slot["exp_avg_sq"]
                 adam_steps.append(float(slot["step"]))
-        write_state(self.options.state_dir, tensors, {
-            "fingerprint": self.fingerprint, "step": self.step, "scheduler": self.scheduler.state_dict(),
+        write_state(self.state.dir, STATE_NAME, tensors, {
+            "fingerprint": self.fingerprint, "progress": f"Hyperflux step {self.step}", "step": self.step, "scheduler": self.scheduler.state_dict(),
             "adam_steps": adam_steps, "trajectory": self.trajectory})
 
     def _load_state(self) -> None:
-        tensors, meta = read_state(self.options.state_dir, self.fingerprint)
+        tensors, meta = read_state(self.state.dir, STATE_NAME, self.fingerprint)
         with torch.no_grad():
             for scope in self.scopes:
                 self.gates.logits[GateSet.key(scope)].copy_(tensors[f"logits/{scope.name}"].to(self.device))

@@ -37,6 +37,8 @@ from ...cut.compensation import TemporaryCompensation
 from ...cut.masks import GroupMasks
 from ...cut.walk import LayerWalk
 from ...runtime.offload import execution_device, has_offloaded_weights, resident
+from ...runtime.interrupt import stop_at_step_boundary
+from .journal import SweepCheckpoint, SweepState
 from .probes import Candidate, choose_probes, scaled_costs
 
 
@@ -81,9 +83,10 @@ class CostMeter(AbstractContextManager):
         self._reference.clear()
 
     @torch.no_grad()
-    def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
+    def set_base(self, masks: Mapping[str, torch.Tensor], checkpoint: SweepCheckpoint | None = None) -> float:
         """Make ``masks`` (scope name -> 0/1 per group; others dense) the plan that costs are measured
-        around: cache every layer's inputs under it and return its KL from the dense model."""
+        around: cache every layer's inputs under it and return its KL from the dense model. (``checkpoint``: where
+        a sweep writes its state; a call here is one forward, never written half-done.)"""
         self._set_current(masks)
         hidden = self._first_inputs()
         self._inputs = []
@@ -92,6 +95,18 @@ class CostMeter(AbstractContextManager):
             hidden = self._layer(layer, hidden)
         self._final = hidden
         return self._set_base_kl(hidden)
+
+    @property
+    def reference(self) -> list[torch.Tensor]:
+        """The dense model's next-token log-probabilities on the held-out rows, per batch (set by the first base)."""
+        return self._reference
+
+    def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor]) -> None:
+        """Bring a fresh meter to the base a journaled run had reached (``set_base(masks)`` returned ``kl`` there),
+        given the dense reference it had computed: in memory, the base's layer inputs are cached again."""
+        device = execution_device(self.model)
+        self._reference = [r.to(device) for r in reference]
+        self.set_base(masks)
 
     @torch.no_grad()
     def cost(self, scope: PrunableScope, mask: torch.Tensor) -> float:
@@ -143,9 +158,10 @@ class CostMeter(AbstractContextManager):
             self.compensation.set(self.scopes[name], self.current[name])
 
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str,
-                local: bool = False) -> list[float]:
+                local: bool = False, checkpoint: SweepCheckpoint | None = None) -> list[float]:
         """:meth:`cost` of every ``(scope, kept, mask)``, with a progress bar whose ETA counts layer passes; with
-        ``local``, the probes' costs and every other candidate's scaled from its :meth:`local_change`."""
+        ``local``, the probes' costs and every other candidate's scaled from its :meth:`local_change`. (In memory
+        the ``checkpoint`` is not used: a finished call is journaled, an unfinished one computed again.)"""
         if not local:
             return self._measure_each(requests, desc)
         with tqdm(total=len(requests), desc=f"{desc} (local)", unit="layer", leave=False) as bar:
@@ -293,17 +309,25 @@ class SweepCostMeter(CostMeter):
                 compensation.stats.channels.pop(scope.name, None)
 
     @torch.no_grad()
-    def set_base(self, masks: Mapping[str, torch.Tensor]) -> float:
+    def set_base(self, masks: Mapping[str, torch.Tensor], checkpoint: SweepCheckpoint | None = None) -> float:
         self._set_current(masks)
-        hidden = self._sweep([], desc=None).final
+        hidden = self._sweep([], desc=None if checkpoint is None else "search: the plan's KL",
+                             checkpoint=checkpoint).final
         with resident(self._outside):
             return self._set_base_kl(hidden)
 
+    def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor]) -> None:
+        """A sweep caches nothing per base: the plan, its KL and the dense reference are the whole state."""
+        device = execution_device(self.model)
+        self._reference = [r.to(device) for r in reference]
+        self._set_current(masks)
+        self.base_kl = kl
+
     @torch.no_grad()
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str,
-                local: bool = False) -> list[float]:
+                local: bool = False, checkpoint: SweepCheckpoint | None = None) -> list[float]:
         candidates = self._candidates(requests)
-        sweep = self._sweep(requests, desc, candidates if local else None)
+        sweep = self._sweep(requests, desc, candidates if local else None, checkpoint)
         with resident(self._outside):
             measured = {index: self._kl(stream) - self.base_kl
                         for index, stream in enumerate(sweep.streams) if stream is not None}
@@ -311,10 +335,13 @@ class SweepCostMeter(CostMeter):
             return [measured[index] for index in range(len(requests))]
         return scaled_costs(candidates, sweep.changes, sweep.probes, measured)
 
-    def _sweep(self, requests, desc: str | None, local: list[Candidate] | None = None) -> _Sweep:
+    def _sweep(self, requests, desc: str | None, local: list[Candidate] | None = None,
+               checkpoint: SweepCheckpoint | None = None) -> _Sweep:
         """One pass over the layers: the plan's activations and, per request, the activations after its scope's
         layer with only that scope changed, carried to the end. With ``local`` (the requests' candidates), every
-        request's :func:`squared_change` at its layer is recorded and only the probes are carried on."""
+        request's :func:`squared_change` at its layer is recorded and only the probes are carried on. With a
+        ``checkpoint``, the pass starts where an interrupted one stopped, writes its state at layer boundaries
+        every so often, and Ctrl-C stops it at the next boundary with the state written."""
         base = self._first_inputs()
         sweep = _Sweep(final=[], streams=[None] * len(requests), changes=[0.0] * len(requests), probes={})
         by_layer: dict[int, list[int]] = {}
@@ -323,10 +350,17 @@ class SweepCostMeter(CostMeter):
         walk = None
         if self.compensation is not None:
             walk = LayerWalk(self.model, self.layers, self.calibration_rows, self.batch_size)
+        start, passes_before = 0, self.layer_passes
+        saved = checkpoint.saved() if checkpoint is not None else None
+        if saved is not None:
+            base, start = self._resume(sweep, walk, saved, passes_before), saved.layer + 1
         streams = sweep.streams
         with tqdm(total=self._work(requests, local), desc=desc, unit="layer", leave=False,
-                  disable=desc is None) as bar:
+                  disable=desc is None) as bar, \
+                stop_at_step_boundary("the search's state", enabled=checkpoint is not None) as stop:
             for index, layer in enumerate(self.layers):
+                if index < start:
+                    continue
                 with resident([layer]), self._compensated(index, layer, walk):
                     started = [i for i, stream in enumerate(streams) if stream is not None]
                     for i in started:  # candidates of earlier layers: this layer as in the plan
@@ -345,8 +379,33 @@ class SweepCostMeter(CostMeter):
                 candidates = len(started) + len(here)
                 self.layer_passes += candidates
                 bar.update(candidates + 1)
+                if checkpoint is not None and index + 1 < len(self.layers) and (stop.requested or checkpoint.due()):
+                    checkpoint.write(lambda: self._state(index, base, sweep, walk, passes_before))
+                    if stop.requested:
+                        raise KeyboardInterrupt(f"stopped after layer {index}; the search's state is written")
         sweep.final = base
         return sweep
+
+    def _state(self, index: int, base, sweep: _Sweep, walk: LayerWalk | None, passes_before: int) -> SweepState:
+        """The sweep after layer ``index``: what :meth:`_resume` needs to go on from layer ``index + 1``."""
+        tensors = {"base": base, "walk": walk.hidden_states() if walk is not None else None}
+        tensors.update({f"stream/{i}": stream for i, stream in enumerate(sweep.streams) if stream is not None})
+        record = {"changes": sweep.changes, "probes": [[*family, i] for family, i in sweep.probes.items()],
+                  "passes": self.layer_passes - passes_before}
+        return SweepState(index, tensors, record)
+
+    def _resume(self, sweep: _Sweep, walk: LayerWalk | None, saved: SweepState, passes_before: int):
+        """Put an interrupted sweep's state in place; returns the plan's activations at layer ``saved.layer + 1``."""
+        device = torch.device("cpu") if self.offloaded else execution_device(self.model)
+        for group, batches in saved.tensors.items():
+            if group.startswith("stream/"):
+                sweep.streams[int(group.removeprefix("stream/"))] = [t.to(device) for t in batches]
+        if walk is not None:
+            walk.restore_hidden_states([t.to(execution_device(self.model)) for t in saved.tensors["walk"]])
+        sweep.changes[:] = saved.record["changes"]
+        sweep.probes.update({(scope, direction): i for scope, direction, i in saved.record["probes"]})
+        self.layer_passes = passes_before + saved.record["passes"]
+        return [t.to(device) for t in saved.tensors["base"]]
 
     @staticmethod
     def _keep_probes(sweep: _Sweep, here: list[int], local: list[Candidate], planned: list[torch.Tensor]) -> None:

@@ -41,7 +41,9 @@ from ...runtime.modes import eval_mode
 from ...runtime.offload import execution_device
 from ..allocation import Allocation, AllocationRequest, Target
 from ..importance import top_groups
+from ...runtime.saved_state import fingerprint
 from .costs import CostMeter, SweepCostMeter
+from .journal import JournaledMeter, SearchJournal
 from .knapsack import Option, solve
 
 logger = logging.getLogger(__name__)
@@ -159,10 +161,29 @@ def _check(request: AllocationRequest) -> None:
         raise BudgetError(f"sparsity {request.sparsity:g} is more than the selected units hold; {request.remedy()}")
 
 
-def _meter(request: AllocationRequest) -> CostMeter:
+def _meter(request: AllocationRequest) -> CostMeter | JournaledMeter:
     """The meter of the costs: one pass over the layers with --sequential, cached layer inputs otherwise; every
     candidate measured compensated when the cut will compensate — from the dense model's statistics, or, in a
-    sweep, from statistics it gathers one layer at a time (into a record of its own)."""
+    sweep, from statistics it gathers one layer at a time (into a record of its own). With a --state-dir, journaled
+    (:mod:`.journal`): an interrupted search resumes with --resume."""
+    meter = _bare_meter(request)
+    state = request.config.state
+    if not state.dir:
+        return meter
+    return JournaledMeter(meter, SearchJournal(state.dir, _fingerprint(request), resume=state.resume,
+                                               restart=state.restart))
+
+
+def _fingerprint(request: AllocationRequest) -> str:
+    """What the search's numbers depend on: its options, the rows, the scores, the scopes and the budget."""
+    options = {key: value for key, value in request.config.to_dict().items() if key not in ("state", "recovery")}
+    scores = [request.scores[scope.name].double() for scope in request.scopes]
+    rows = [request.rows] if request.rows is not None else []
+    return fingerprint(options, request.held_out_rows, [(s.name, s.num_groups) for s in request.scopes],
+                       request.sparsity, *rows, *scores)
+
+
+def _bare_meter(request: AllocationRequest) -> CostMeter:
     model, config = request.model, request.config
     adapter = get_adapter(model)
     sweep = config.calibration.sequential
