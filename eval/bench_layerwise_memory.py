@@ -81,9 +81,11 @@ print(json.dumps({"code": code, "baseline_mb": baseline, "peak_mb": status_mb("V
 
 
 def make_checkpoint(directory: Path, shape: dict, layers: int | None) -> None:
-    """A random bf16 checkpoint of ``shape``, written without ever holding it in float32 (the 8B shape's float32
-    weights would be 32 GB): the model is built on ``meta``, then each tensor is drawn in bf16 and saved in shards."""
+    """A random bf16 checkpoint of ``shape``, written without ever holding it whole (the 8B shape is 16 GB in bf16,
+    32 GB in float32, on a 24 GB machine): the model is built on ``meta`` for its parameter names and shapes, then
+    each tensor is drawn in bf16 and written in ~500 MB shards with the index transformers reads."""
     from accelerate import init_empty_weights
+    from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_prune.testing import make_tiny_tokenizer
@@ -91,18 +93,42 @@ def make_checkpoint(directory: Path, shape: dict, layers: int | None) -> None:
     config = LlamaConfig(**{**shape, **({"num_hidden_layers": layers} if layers else {})}, dtype="bfloat16")
     with init_empty_weights():
         model = LlamaForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     std = config.initializer_range
-    for name, parameter in list(model.named_parameters()):
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    weight_map, total, shard_bytes = {}, 0, 0
+    parameters = [(name, parameter) for name, parameter in model.named_parameters()
+                  if not (config.tie_word_embeddings and name == "lm_head.weight")]  # tied: the embedding's table
+
+    def flush() -> None:
+        index = len(shards)
+        name = f"model-{index:05d}.safetensors"
+        save_file(shards[-1], str(directory / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shards[-1]})
+        shards.append({})
+
+    for name, parameter in parameters:
         if name.endswith("norm.weight"):
             value = torch.ones(parameter.shape, dtype=torch.bfloat16)
         else:
             value = torch.empty(parameter.shape, dtype=torch.bfloat16).normal_(0.0, std, generator=generator)
-        module, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(module), leaf, torch.nn.Parameter(value, requires_grad=False))
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    model.save_pretrained(directory, max_shard_size="500MB")
+        if shard_bytes and shard_bytes + value.nbytes > 500 * 2**20:
+            flush()
+            shard_bytes = 0
+        shards[-1][name] = value
+        shard_bytes += value.nbytes
+        total += value.nbytes
+    flush()
+    count = len(shards) - 1
+    for index in range(1, count + 1):  # the names transformers' sharded checkpoints carry
+        old = directory / f"model-{index:05d}.safetensors"
+        new = f"model-{index:05d}-of-{count:05d}.safetensors"
+        old.rename(directory / new)
+        weight_map = {key: (new if value == old.name else value) for key, value in weight_map.items()}
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    config.save_pretrained(directory)
     make_tiny_tokenizer(vocab_size=2000).save_pretrained(directory)
 
 
