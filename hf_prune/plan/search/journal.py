@@ -135,6 +135,7 @@ class SearchJournal:
                         self._meta(), tensors_file=REFERENCE_FILE)
         else:
             write_record(self.directory, STATE_NAME, self._meta())
+        (self.directory / SWEEP_FILE).unlink(missing_ok=True)  # the record no longer names it (up to GBs at 8B)
 
     def reference(self) -> list[torch.Tensor]:
         """The dense log-probabilities of the held-out rows, as the first call computed them."""
