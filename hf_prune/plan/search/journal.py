@@ -43,7 +43,8 @@ STATE_NAME = "search"
 REFERENCE_FILE = "search_reference.safetensors"
 SWEEP_FILE = "search_sweep.safetensors"
 #: seconds between two writes of a sweep's state: a write is the size of the candidate streams still carried
-#: (Llama-3.1-8B, 512 held-out tokens, ~100 streams: under 1 GB), a layer of an 8B sweep on a CPU is minutes
+#: (Llama-3.1-8B, 512 held-out tokens: 8 MB per stream, up to ~500 streams with global costs), and a layer of an 8B
+#: sweep on a CPU takes minutes
 SWEEP_CHECKPOINT_SECONDS = 600.0
 
 Request = tuple[PrunableScope, int, torch.Tensor]
