@@ -104,9 +104,12 @@ class CostMeter(AbstractContextManager):
     def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor]) -> None:
         """Bring a fresh meter to the base a journaled run had reached (``set_base(masks)`` returned ``kl`` there),
         given the dense reference it had computed: in memory, the base's layer inputs are cached again."""
+        self._take_reference(reference)
+        self.set_base(masks)
+
+    def _take_reference(self, reference: list[torch.Tensor]) -> None:
         device = execution_device(self.model)
         self._reference = [r.to(device) for r in reference]
-        self.set_base(masks)
 
     @torch.no_grad()
     def cost(self, scope: PrunableScope, mask: torch.Tensor) -> float:
@@ -311,15 +314,13 @@ class SweepCostMeter(CostMeter):
     @torch.no_grad()
     def set_base(self, masks: Mapping[str, torch.Tensor], checkpoint: SweepCheckpoint | None = None) -> float:
         self._set_current(masks)
-        hidden = self._sweep([], desc=None if checkpoint is None else "search: the plan's KL",
-                             checkpoint=checkpoint).final
+        hidden = self._sweep([], desc="search: the plan's KL", checkpoint=checkpoint).final
         with resident(self._outside):
             return self._set_base_kl(hidden)
 
     def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor]) -> None:
         """A sweep caches nothing per base: the plan, its KL and the dense reference are the whole state."""
-        device = execution_device(self.model)
-        self._reference = [r.to(device) for r in reference]
+        self._take_reference(reference)
         self._set_current(masks)
         self.base_kl = kl
 
