@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from ..config import RecoveryOptions, RunStateOptions, flat_options
+from ..config import RecoveryOptions, flat_options
 from ..plan.allocation import as_target
 from ..registry import TARGETS
 from ..report import PruningReport
 
 #: recovery has its own part of the card and of the summary, so its flags are not repeated among the options
 RECOVERY_FLAGS = tuple(f.metadata["flag"] for f in fields(RecoveryOptions))
-#: where the resumable state is, not what shaped the result
-STATE_FLAGS = tuple(f.metadata["flag"] for f in fields(RunStateOptions))
 #: the options that say what the text was and how it was read: shown only when the run read text
 TEXT_OPTIONS = ("seq_len", "batch_size", "sequential")
 
@@ -55,7 +53,7 @@ def run_options(report: PruningReport) -> dict[str, object]:
     EMP run; no importance for Hyperflux gates that started uniform, since no score was used)."""
     config = report.config
     options = {key: value for key, value in flat_options(config).items()
-               if value is not None and key not in (*STATE_FLAGS, *RECOVERY_FLAGS)
+               if value is not None and key not in RECOVERY_FLAGS
                and not (key == "uniform_shapes" and not value)}
     if not report.scored:
         options.pop("importance", None)

@@ -5,7 +5,7 @@ A stage writes its tensors and a JSON record (safetensors + JSON, atomically: th
 means the pair is complete) under a name of its own in ``--state-dir``, at its own checkpoints and when Ctrl-C stops
 it. A state belongs to one run, recognised by a fingerprint of the options that shape the result and of the data it
 reads: ``--resume`` with other options is refused instead of continuing someone else's run. The JSON's ``progress``
-says in words how far the run got ("step 20", "cost table 2, layer 17").
+says in words how far the run got ("Hyperflux step 20", "search call 2, layer 17").
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
 
-#: options that say where the state is, not what it is: left out of the fingerprint
-BOOKKEEPING = ("state_dir", "dir", "resume", "restart", "checkpoint_every")
+#: options that say how often the state is written, not what it is: left out of the fingerprint (where the state is
+#: lives in the config's ``state`` section, which no fingerprint reads)
+BOOKKEEPING = ("checkpoint_every",)
 
 
 def _records(state_dir: str | os.PathLike | None) -> list[Path]:

@@ -176,7 +176,7 @@ def _meter(request: AllocationRequest) -> CostMeter | JournaledMeter:
 
 def _fingerprint(request: AllocationRequest) -> str:
     """What the search's numbers depend on: its options, the rows, the scores, the scopes and the budget."""
-    options = {key: value for key, value in request.config.to_dict().items() if key not in ("state", "recovery")}
+    options = {key: value for key, value in request.config.to_dict().items() if key != "recovery"}
     scores = [request.scores[scope.name].double() for scope in request.scopes]
     rows = [request.rows] if request.rows is not None else []
     return fingerprint(options, request.held_out_rows, [(s.name, s.num_groups) for s in request.scopes],
