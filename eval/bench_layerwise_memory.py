@@ -41,6 +41,8 @@ EVAL_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(EVAL_DIR.parent))
 from bench_common import write_results  # noqa: E402
 
+from hf_prune.cut.compensation.lstsq import OUTPUTS_PER_BLOCK, ROWS_PER_BLOCK  # noqa: E402
+
 #: Llama-3.2-1B's shapes (tied embeddings, 128k vocabulary)
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                     num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
@@ -278,9 +280,11 @@ def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
     terms["search_streams_mb"] = candidates * search_tokens * hidden * 4 / 2**20  # one activation per candidate
     # an untied LM head is a second vocabulary table, resident while the search scores its cost rows
     terms["untied_head_mb"] = 0.0 if config.tie_word_embeddings else vocab * hidden * 4 / 2**20
-    # least squares of the widest consumer (down_proj), at most every column kept: its float64 dense weight, the
-    # (k+1)² system factored in place and the (k+1) x out right-hand side / solution
-    terms["lstsq_working_mb"] = ((inner + 1) ** 2 + 2 * (inner + 1) * hidden) * 8 / 2**20 if search else 0.0
+    # least squares of the widest consumer (down_proj), at most every column kept: the (k+1)² system factored in
+    # place, the (k+1) x out right-hand side the solution is written over, and one block of the moments' rows and
+    # one of the weight's output rows in float64 (hf_prune/cut/compensation/lstsq.py)
+    blocks = (ROWS_PER_BLOCK + OUTPUTS_PER_BLOCK) * inner
+    terms["lstsq_working_mb"] = ((inner + 1) ** 2 + (inner + 1) * hidden + blocks) * 8 / 2**20 if search else 0.0
     return terms
 
 
@@ -296,8 +300,9 @@ def describe_bound(meta: dict, layerwise: dict | None) -> list[str]:
                      f"({meta['search_reference_mb']:.0f} MB) and, at the last layer of the sweep, one activation of "
                      f"its cost rows per candidate ({meta['search_candidates']} candidates: "
                      f"{meta['search_streams_mb']:.0f} MB).")
-        lines.append(f"Nor the least-squares working set of the widest consumer (its float64 weight, system and "
-                     f"solution, at most {meta.get('lstsq_working_mb', 0):.0f} MB)"
+        lines.append(f"Nor the least-squares working set of the widest consumer (its system, the right-hand side the "
+                     f"solution is written over, float64 blocks of the moments and the weight: at most "
+                     f"{meta.get('lstsq_working_mb', 0):.0f} MB)"
                      + (f" or the untied LM head in float32 ({meta['untied_head_mb']:.0f} MB)"
                         if meta.get("untied_head_mb") else "")
                      + f": with them, {meta['bound_mb'] + meta.get('lstsq_working_mb', 0) + meta.get('untied_head_mb', 0) + meta['search_reference_mb'] + meta['search_streams_mb']:.0f} MB.")

@@ -8,6 +8,8 @@ It holds a d×d float64 matrix per consumer while calibrating (d = its input wid
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from ...calibration.statistics import ChannelStatistics
@@ -18,6 +20,8 @@ from .base import Compensation
 DAMPING = 0.01
 #: rows of the second moments read at a time when forming the system (a block is ROWS_PER_BLOCK x d float64)
 ROWS_PER_BLOCK = 1024
+#: output rows of the consumer's weight held in float64 at a time while forming the right-hand side
+OUTPUTS_PER_BLOCK = 1024
 
 
 def least_squares_weights(
@@ -29,15 +33,16 @@ def least_squares_weights(
     Nothing of the size of the d×d second moments is copied, and the k×k system is factored in place: the kept block
     and the right-hand side are read from the moments a block of rows at a time, and the system (symmetric positive
     definite once damped) is solved by a Cholesky factorisation written over itself — so a layer costs its statistics
-    plus one k×k matrix and one k×out (measured by ``eval/bench_layerwise_memory.py``; Llama-3.1-8B's down_proj at 35%:
-    0.7 GB, where a general solve held three k×k matrices).
+    plus one k×k matrix and one k×out, the solution written over the right-hand side (measured by ``eval/bench_layerwise_memory.py``; Llama-3.1-8B's down_proj at 35%:
+    0.7 GB, where a general solve held three k×k matrices). The weight is read in float64 a block of output rows at a
+    time (a float64 copy of Llama-3.1-8B's down_proj would be 0.47 GB more).
     """
     if channels.gram is None:
         raise ValueError("least-squares compensation needs second moments: collect statistics with gram=True")
     count = float(channels.count)
     kept = keep_columns.cpu()
     size = kept.numel()
-    dense = weight.detach().to(device="cpu", dtype=torch.float64)
+    dense = weight.detach().to(device="cpu")
     # E[[x_K; 1] (W y)ᵀ] with y the input whose dense output is reproduced: x itself, or the dense model's (asymmetric)
     moments = channels.cross if channels.cross is not None else channels.gram
     system = torch.empty(size + 1, size + 1, dtype=torch.float64)  # moments of [x_K; 1]
@@ -46,7 +51,9 @@ def least_squares_weights(
     for rows in kept.split(ROWS_PER_BLOCK):
         stop = start + rows.numel()
         system[start:stop, :size] = channels.gram.index_select(0, rows).index_select(1, kept)
-        right[start:stop] = moments.index_select(0, rows) @ dense.T
+        block = moments.index_select(0, rows)
+        for outputs, weight_rows in _float64_row_blocks(dense):
+            right[start:stop, outputs] = block @ weight_rows.T
         start = stop
     system[:size, :size] /= count
     right[:size] /= count
@@ -54,13 +61,21 @@ def least_squares_weights(
     system[:size, size] = system[size, :size] = mean
     system[size, size] = 1.0
     system.diagonal()[:size] += damping * float(system.diagonal()[:size].mean())
-    right[size] = dense @ channels.target_mean
+    for outputs, weight_rows in _float64_row_blocks(dense):
+        right[size, outputs] = weight_rows @ channels.target_mean
     factor, info = torch.linalg.cholesky_ex(system, out=(system, torch.empty((), dtype=torch.int32)))
     if int(info):
         raise FloatingPointError(f"least squares: the kept channels' second moments are not positive definite even "
                                  f"with {damping:g} damping (leading minor {int(info)}); are the statistics finite?")
-    solution = torch.cholesky_solve(right, factor)  # [k + 1, out]
+    solution = torch.cholesky_solve(right, factor, out=right)  # [k + 1, out], written over the right-hand side
     return solution[:size].T, solution[size]
+
+
+def _float64_row_blocks(weight: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(output rows, those rows of ``weight`` in float64), OUTPUTS_PER_BLOCK rows at a time."""
+    for first in range(0, weight.shape[0], OUTPUTS_PER_BLOCK):
+        rows = slice(first, min(first + OUTPUTS_PER_BLOCK, weight.shape[0]))
+        yield rows, weight[rows].to(torch.float64)
 
 
 class LeastSquaresCompensation(Compensation):
