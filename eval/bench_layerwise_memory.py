@@ -143,14 +143,17 @@ RECIPES = {
 }
 
 
-def recipe_value(recipe: str, flag: str) -> int:
-    """A search option of a recipe: from its flags, or from the recipe file it names."""
+def recipe_value(recipe: str, flag: str, default: str | None = None) -> str:
+    """A search option of a recipe: from its flags, or from the recipe file it names (``default`` where neither
+    sets it)."""
     flags = RECIPES[recipe]
     if f"--{flag.replace('_', '-')}" in flags:
-        return int(flags[flags.index(f"--{flag.replace('_', '-')}") + 1])
+        return flags[flags.index(f"--{flag.replace('_', '-')}") + 1]
+    if "--recipe" not in flags:
+        return default
     import yaml
 
-    return int(yaml.safe_load((EVAL_DIR.parent / flags[flags.index("--recipe") + 1]).read_text())[flag])
+    return str(yaml.safe_load((EVAL_DIR.parent / flags[flags.index("--recipe") + 1]).read_text()).get(flag, default))
 
 
 def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int, recipe: str,
@@ -267,9 +270,13 @@ def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
     kv = config.num_key_value_heads * config.head_dim
     layer_params = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner + 2 * hidden
     search = args.recipe.startswith("search-lstsq")
-    search_tokens = recipe_value(args.recipe, "search_rows") * args.seq_len if search else 0
-    levels = recipe_value(args.recipe, "mlp_levels") if search else 0
-    candidates = config.num_hidden_layers * (config.num_key_value_heads + levels)  # the first table's
+    search_tokens = int(recipe_value(args.recipe, "search_rows")) * args.seq_len if search else 0
+    levels = int(recipe_value(args.recipe, "mlp_levels")) if search else 0
+    if recipe_value(args.recipe, "search_costs", "global") == "local":
+        # only the probes are carried to the end: per attention and MLP, one that narrows it, one that removes it
+        candidates = config.num_hidden_layers * 4
+    else:
+        candidates = config.num_hidden_layers * (config.num_key_value_heads + levels)  # the first table's
     terms = {"fp32_layer_mb": layer_params * 4 / 2**20,
              "layer_second_moments_mb": (hidden * hidden + inner * inner) * 8 / 2**20 if search else 0.0,
              "activations_mb": args.samples * args.seq_len * hidden * 4 / 2**20,
@@ -298,7 +305,7 @@ def describe_bound(meta: dict, layerwise: dict | None) -> list[str]:
     if meta["search_candidates"]:
         lines.append(f"Not in the bound, the search's own: the dense log-probabilities of its cost rows "
                      f"({meta['search_reference_mb']:.0f} MB) and, at the last layer of the sweep, one activation of "
-                     f"its cost rows per candidate ({meta['search_candidates']} candidates: "
+                     f"its cost rows per candidate carried to the end ({meta['search_candidates']} candidates: "
                      f"{meta['search_streams_mb']:.0f} MB).")
         lines.append(f"Nor the least-squares working set of the widest consumer (its system, the right-hand side the "
                      f"solution is written over, float64 blocks of the moments and the weight: at most "

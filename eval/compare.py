@@ -228,6 +228,7 @@ METHODS: dict[str, tuple[str, Callable]] = {  # label -> (who, run)
     "search + least squares (activation)": ("hf-prune", search_method("lstsq")),
     "search + OBS selection (activation)": ("hf-prune", search_method("obs")),
     "search + least squares, local costs (activation)": ("hf-prune", search_method("lstsq", costs="local")),
+    "search + OBS selection, local costs (activation)": ("hf-prune", search_method("obs", costs="local")),
     "search + least squares on dense inputs (activation)": ("hf-prune", search_method("lstsq", refit_on="dense")),
     "search + least squares, asymmetric (activation)": ("hf-prune", search_method("lstsq", refit_on="asymmetric")),
     # what --layerwise / --device-map run: costs in one pass over the layers, each layer's statistics gathered there
