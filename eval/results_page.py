@@ -101,10 +101,14 @@ def torch_pruning_section() -> list[str]:
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-README_MARKERS = ("<!-- recommended-table: written by eval/results_page.py from eval/results/compare.json -->",
-                  "<!-- /recommended-table -->")
+README_MARKERS = ("<!-- recommended-table: written by eval/results_page.py from eval/results/compare.json "
+                  "and compare_local_rows8.json -->", "<!-- /recommended-table -->")
+#: the recipe's own run: its settings are the full run's but for the cost rows (8 instead of 2), and only the recipe's
+#: method is read from it — the other rows and the peers come from the full run
+RECIPE_RUN, RECIPE_METHOD = "compare_local_rows8", "search + least squares, local costs (activation)"
 README_METHODS = [  # (compare.py label, what the README calls it)
-    ("search + least squares (activation)", "**search + least squares** (`recipes/search-lstsq.yaml`)"),
+    (RECIPE_METHOD, "**search + least squares, local costs, 8 cost rows** (`recipes/search-lstsq.yaml`)"),
+    ("search + least squares (activation)", "**search + least squares**, every candidate measured, 2 cost rows"),
     ("search + least squares on dense inputs (activation)",
      "**search + least squares**, refit on dense inputs (`--refit-on dense`)"),
     ("search (activation)", "search, no compensation"),
@@ -172,6 +176,14 @@ def replace_between(markers: tuple[str, str], table: list[str], readme: Path = R
     readme.write_text(text[: start + len(markers[0])] + "\n" + "\n".join(table) + "\n" + text[end:])
 
 
+def recommended_rows() -> list[dict]:
+    """The rows the README's recommended-recipe table is written from: the full run's, and the recipe's own run's
+    rows of the recipe's method."""
+    rows = json.loads((RESULTS_DIR / "compare.json").read_text())["rows"]
+    recipe = json.loads((RESULTS_DIR / f"{RECIPE_RUN}.json").read_text())["rows"]
+    return rows + [row for row in recipe if row.get("method") == RECIPE_METHOD]
+
+
 def update_readme(rows: list[dict], readme: Path = README) -> None:
     """Replace the recommended-recipe table between the README's markers."""
     replace_between(README_MARKERS, recommended_table(rows), readme)
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> Path:
     PAGE.write_text("\n".join(lines))
     print(f"wrote {PAGE}")
     if "compare" in names:
-        update_readme(json.loads((RESULTS_DIR / "compare.json").read_text())["rows"])
+        update_readme(recommended_rows())
         print(f"updated the recommended-recipe table in {README}")
     if "compare_refit" in names:
         replace_between(REFIT_MARKERS, refit_table(json.loads((RESULTS_DIR / "compare_refit.json").read_text())["rows"]))

@@ -39,15 +39,15 @@ def test_the_search_is_read_against_the_best_other_method():
 
 
 def test_the_readme_table_is_the_one_the_full_run_gives():
-    """The README's recommended-recipe table is written from eval/results/compare.json, never typed."""
-    import json
-
-    rows = json.loads((results_page.RESULTS_DIR / "compare.json").read_text())["rows"]
+    """The README's recommended-recipe table is written from eval/results/compare.json and the recipe's own run,
+    never typed."""
+    rows = results_page.recommended_rows()
     readme = results_page.README.read_text()
     start, end = (readme.index(marker) for marker in results_page.README_MARKERS)
     table = readme[start + len(results_page.README_MARKERS[0]):end].strip().splitlines()
     assert table == results_page.recommended_table(rows)
     assert any("search + least squares" in line for line in table) and len(table) > 6
+    assert "recipes/search-lstsq.yaml" in table[2], "the recipe's row comes first"
 
 
 def test_the_refit_table_is_the_one_its_run_gives():
