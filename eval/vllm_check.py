@@ -19,6 +19,10 @@ Runs in the vLLM venv (eval/README.md, "Serving with vLLM"), offline, on CPU:
 
 Prints a table; exits 1 on a logprob difference above ``--tolerance`` or a greedy mismatch.
 
+``--checkpoint DIR`` checks an output hf-prune already wrote, as it is (repeatable; with no ``--models`` only
+those); ``--dtype bfloat16`` runs both sides in bfloat16, for a checkpoint whose float32 copy would not fit in
+memory (the Llama-3.1-8B-shaped run of ``eval/bench_layerwise_memory.py``).
+
 The embedded default model (hf_prune/default_model) cannot be used: its head_dim is 16 and vLLM's CPU
 attention has no kernel for it (``Unsupported CPU attention configuration: head_dim=16``; the backend
 lists 32, 64, 80, 96, 112, 128, ...). ``--models default`` tries it anyway. Hence head_dim 32 for the tiny
@@ -131,15 +135,17 @@ def prompts_for(directory: Path, count: int, length: int) -> list[list[int]]:
     return [ids[start * 7: start * 7 + length] for start in range(count)]
 
 
-def torch_reference(directory: Path, prompts: list[list[int]]) -> tuple[list[list[float]], list[list[int]]]:
-    """fp32 transformers: log p(token_t | tokens_<t) for every prompt token after the first, and 20 greedy
+def torch_reference(directory: Path, prompts: list[list[int]],
+                    dtype: str = "float32") -> tuple[list[list[float]], list[list[int]]]:
+    """transformers in ``dtype``: log p(token_t | tokens_<t) for every prompt token after the first, and 20 greedy
     tokens (``min_new_tokens`` so that an end-of-sequence token does not stop it, as ``ignore_eos`` in vLLM)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     import hf_prune  # noqa: F401  (registers the pruned classes)
 
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype),
+                                                 attn_implementation="sdpa").eval()
     logprobs, greedy = [], []
     with torch.no_grad():
         for prompt in prompts:
@@ -156,12 +162,12 @@ def torch_reference(directory: Path, prompts: list[list[int]]) -> tuple[list[lis
 
 # --------------------------------------------------------------------------- vLLM
 
-def vllm_llm(directory: Path, max_model_len: int, compile: bool, max_num_seqs: int = 16):
+def vllm_llm(directory: Path, max_model_len: int, compile: bool, max_num_seqs: int = 16, dtype: str = "float32"):
     """An engine on ``directory``; eager unless ``compile`` (vLLM's default on CPU: torch.compile with
     inductor, which costs a compilation per model at start)."""
     from vllm import LLM
 
-    return LLM(str(directory), dtype="float32", max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+    return LLM(str(directory), dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                enforce_eager=not compile, seed=0, disable_log_stats=True)
 
 
@@ -209,9 +215,14 @@ def release(llm) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,smollm2", help="comma list of tiny, smollm2, default")
+    parser.add_argument("--models", default=None,
+                        help="comma list of tiny, smollm2, default (default: tiny,smollm2 unless --checkpoint is given)")
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[],
+                        help="an hf-prune output directory to check as it is (repeatable), e.g. the 8B-shaped run's")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="both sides' dtype (bfloat16 for a checkpoint whose float32 copy does not fit in memory)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/hf_prune_vllm_check"))
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="max abs prompt-logprob difference (fp32)")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="max abs prompt-logprob difference")
     parser.add_argument("--prompts", type=int, default=4, help="prompts in the logprob / greedy comparison")
     parser.add_argument("--bench-prompts", type=int, default=8)
     parser.add_argument("--bench-prompt-len", type=int, default=64)
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bench", action="store_true")
     parser.add_argument("--compile", action="store_true", help="vLLM's torch.compile mode instead of eager")
     args = parser.parse_args(argv)
-    wanted = set(args.models.split(","))
+    wanted = set(args.models.split(",")) if args.models else set() if args.checkpoint else {"tiny", "smollm2"}
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     checkpoints: list[tuple[str, Path, int]] = []  # name, directory, prompt length
@@ -237,13 +248,18 @@ def main(argv: list[str] | None = None) -> int:
             checkpoints.append((name, build_smollm2(name, args.workdir / name), 48))
     if "default" in wanted:
         checkpoints.append(("default-emp30", build_default(args.workdir / "default-emp30"), 24))
+    for directory in args.checkpoint:
+        if not (directory / "config.json").is_file():
+            print(f"{directory} holds no config.json: pass an hf-prune output directory", file=sys.stderr)
+            return 2
+        checkpoints.append((directory.name, directory, 24))
 
     rows, failed = [], False
     for name, directory, length in checkpoints:
         prompts = prompts_for(directory, args.prompts, length)
-        ref_logprobs, ref_greedy = torch_reference(directory, prompts)
+        ref_logprobs, ref_greedy = torch_reference(directory, prompts, args.dtype)
         start = time.perf_counter()
-        llm = vllm_llm(directory, max_model_len=256, compile=args.compile)
+        llm = vllm_llm(directory, max_model_len=256, compile=args.compile, dtype=args.dtype)
         load_s = time.perf_counter() - start
         got_logprobs, got_greedy = vllm_reference(llm, prompts)
         diff = max(abs(a - b) for ref, got in zip(ref_logprobs, got_logprobs) for a, b in zip(ref, got))
@@ -263,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dense = next((row[5] for row in rows if row[0] == "smollm2-dense" and row[5]), None)
     mode = "torch.compile" if args.compile else "eager"
-    print(f"\nvLLM (CPU, fp32, {mode}) vs transformers (fp32); tolerance {args.tolerance:g}; "
+    print(f"\nvLLM (CPU, {args.dtype}, {mode}) vs transformers ({args.dtype}); tolerance {args.tolerance:g}; "
           f"{args.bench_prompts} prompts x {args.bench_prompt_len} tokens, {args.bench_new_tokens} new tokens each")
     print("| model | max abs prompt-logprob diff | greedy 20 tokens | engine start s | gen tok/s | vs dense | ok |")
     print("|---|---|---|---|---|---|---|")
