@@ -5,6 +5,8 @@ That llama.cpp then computes the same logits is tested in ``test_gguf_llama_cpp.
 
 from __future__ import annotations
 
+import contextlib
+
 import gguf
 import numpy as np
 import pytest
@@ -178,3 +180,39 @@ def test_command_writes_a_pruned_checkpoint_and_refuses_bad_input_in_one_line(to
         assert message in error and len(error.strip().splitlines()) == 1
     assert cli_main(["export-onnx", "a", "b"]) == 2 and "export-gguf" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned", "pruned.gguf"]  # no partial file left
+
+
+def test_export_reads_the_checkpoint_one_decoder_layer_at_a_time(tokenizer_dir, tmp_path, monkeypatch):
+    """export-gguf of an 8B–70B checkpoint must not hold the model: its weights stay in the shards (on meta) except
+    while one unit (a decoder layer, or the weights outside the layers) is read, and the file is the one the
+    in-memory writer gives."""
+    from hf_prune.io.export import gguf as exporter
+
+    model = pruned_tiny("llama")
+    save_pruned(model, make_tiny_tokenizer(vocab_size=300, byte_level=True), tmp_path / "pruned")
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "shards").mkdir()
+    write_gguf(model, tmp_path / "memory" / "m.gguf", tokenizer_dir=tmp_path / "pruned")
+    loaded = {}
+    load_offloaded, resident = exporter.load_offloaded, exporter.resident
+
+    def loading(*args, **kwargs):
+        loaded["model"], stored = load_offloaded(*args, **kwargs)
+        loaded["layers"] = get_adapter(loaded["model"]).decoder_layers(loaded["model"])
+        loaded["counts"] = []
+        return loaded["model"], stored
+
+    @contextlib.contextmanager
+    def watched(modules):
+        with resident(modules):
+            loaded["counts"].append(sum(any(p.device.type != "meta" for p in layer.parameters())
+                                        for layer in loaded["layers"]))
+            yield
+
+    monkeypatch.setattr(exporter, "load_offloaded", loading)
+    monkeypatch.setattr(exporter, "resident", watched)
+    exporter.export_checkpoint(str(tmp_path / "pruned"), tmp_path / "shards" / "m.gguf")
+    layers = len(loaded["layers"])
+    assert loaded["counts"] == [0] + [1] * layers + [0], "outside weights, each layer alone, outside weights again"
+    assert all(p.device.type == "meta" for p in loaded["model"].parameters()), "nothing stays loaded"
+    assert (tmp_path / "memory" / "m.gguf").read_bytes() == (tmp_path / "shards" / "m.gguf").read_bytes()

@@ -20,6 +20,7 @@ config and files; only the shard boundaries differ.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,8 +138,14 @@ def load_offloaded(name_or_path: str, dtype: torch.dtype,
     index = {name: {"safetensors_file": str(files[source]), "weight_name": source, "dtype": _dtype_name(dtype)}
              for name, source in stored.items()}
     device_map = offload_device_map(model, get_adapter(model).decoder_layers(model), device)
-    model = dispatch_model(model, device_map=device_map, main_device=str(device), offload_index=index,
-                           offload_dir=str(Path(next(iter(files.values()))).parent), force_hooks=True)
+    big_modeling = logging.getLogger("accelerate.big_modeling")
+    level = big_modeling.level  # it warns that the weights are offloaded: here that is the point
+    big_modeling.setLevel(logging.ERROR)
+    try:
+        model = dispatch_model(model, device_map=device_map, main_device=str(device), offload_index=index,
+                               offload_dir=str(Path(next(iter(files.values()))).parent), force_hooks=True)
+    finally:
+        big_modeling.setLevel(level)
     return model.eval(), {name: (files[source], source) for name, source in stored.items()}
 
 

@@ -24,11 +24,18 @@ Exactness traps, each found by running llama.cpp (see ``tests/test_gguf_llama_cp
 Quantized types store rows in blocks (32 values for ``q8_0``/``q4_*``); a tensor whose rows do not
 fill whole blocks (an MLP pruned to 344 neurons, as ``ffn_down``'s rows) is written as ``f16``, the way
 ``llama-quantize`` falls back, and reported. 1-D tensors (norms, biases) stay ``f32``.
+
+Memory: the file's tensors are computed when gguf's writer reaches them (``gguf.LazyNumpyTensor``), one decoder
+layer at a time, and ``export-gguf`` reads the checkpoint the way ``--layerwise`` does (every weight left in its
+shards until its layer is written, in the checkpoint's own dtype) — so an 8B–70B model is exported in about one
+layer and one vocabulary table of memory, where loading it whole in float32 and handing the writer every tensor
+would hold it about twice over.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -37,13 +44,16 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
+from gguf.lazy import LazyNumpyTensor
 from huggingface_hub import snapshot_download
 from torch import nn
 
 from ...adapters import get_adapter
 from ...adapters.weights import AttentionWeights, DecoderWeights, LayerWeights, MLPWeights, RemovedWeights
 from ...errors import ConfigError
-from ..checkpoint import load_model
+from ...runtime.offload import resident
+from ..checkpoint import load_config, resolve_dtypes
+from ..layerwise import load_offloaded
 from .gguf_vocab import add_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -222,32 +232,90 @@ def _blocks_for(weights: DecoderWeights) -> _DeciBlocks | _OpenElmBlocks:
     return _OpenElmBlocks(weights) if qk_norm else _DeciBlocks(weights)
 
 
-def _encode(name: str, tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> tuple[np.ndarray, gguf.GGMLQuantizationType, bool]:
-    """The tensor's bytes in ``qtype`` (1-D tensors in f32; rows that are not whole blocks in f16).
-    Returns (data, type written, whether it fell back)."""
-    array = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-    if array.ndim == 1 or qtype == Q.F32:
-        return array, Q.F32, False
-    if qtype == Q.F16:
-        return array.astype(np.float16), Q.F16, False
-    block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    if array.shape[-1] % block:
-        logger.info("%s: rows of %d values are not whole blocks of %d; written as f16", name, array.shape[-1], block)
-        return array.astype(np.float16), Q.F16, True
-    return gguf.quants.quantize(array, qtype), qtype, False
+@dataclass(frozen=True)
+class _Encoding:
+    """How a tensor of some shape is stored for a requested type: 1-D tensors in f32, rows that are not whole
+    blocks of a quantized type in f16 (``fell_back``); known from the shape alone, before any value is read."""
+
+    written: gguf.GGMLQuantizationType
+    array_dtype: type
+    array_shape: tuple[int, ...]  # of the bytes handed to the writer (a quantized type's are uint8 rows)
+    fell_back: bool = False
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> "_Encoding":
+        if len(shape) == 1 or qtype == Q.F32:
+            return cls(Q.F32, np.float32, shape)
+        if qtype == Q.F16:
+            return cls(Q.F16, np.float16, shape)
+        if shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+            return cls(Q.F16, np.float16, shape, fell_back=True)
+        return cls(qtype, np.uint8, tuple(gguf.quant_shape_to_byte_shape(shape, qtype)))
+
+    def encode(self, tensor: torch.Tensor) -> np.ndarray:
+        """The tensor's bytes in the written type."""
+        array = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+        if self.written in (Q.F32, Q.F16):
+            return array.astype(self.array_dtype, copy=False)
+        return gguf.quants.quantize(array, self.written)
 
 
-def _write(partial: Path, weights: DecoderWeights, blocks: _DeciBlocks | _OpenElmBlocks, dtype: str,
-           tokenizer_dir, tokenizer_pre: str | None, name: str, progress: bool) -> GgufSummary:
-    """Write the whole file at ``partial``."""
+def _global_tensors(weights: DecoderWeights, blocks: _DeciBlocks | _OpenElmBlocks) -> tuple[Tensors, Tensors]:
+    """(the tensors written before the decoder layers, those written after them)."""
+    return [("token_embd.weight", weights.embedding), ("output_norm.weight", weights.final_norm)], blocks.globals()
+
+
+class _TensorSource:
+    """The file's tensors as the writer reaches them, a *unit* at a time: a decoder layer (its index) or the
+    weights outside the layers (None). A unit's weights are made resident (a no-op for a model in memory), its
+    tensors formed by the blocks, and each is handed over once and forgotten, so one unit is held at a time."""
+
+    def __init__(self, model: nn.Module, untied_head: bool) -> None:
+        self.model, self.adapter, self.untied_head = model, get_adapter(model), untied_head
+        self.layers = self.adapter.decoder_layers(model)
+        in_layers = {id(module) for layer in self.layers for module in layer.modules()}
+        tied_head = model.get_output_embeddings()
+        if tied_head is not None and tied_head.weight is not model.get_input_embeddings().weight:
+            tied_head = None
+        # an offloaded tied head would load a second copy of the embedding table
+        self.outside = [module for module in model.modules() if id(module) not in in_layers
+                        and module is not tied_head and next(module.parameters(recurse=False), None) is not None]
+        self._unit: int | None | str = "none yet"
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def tensor(self, unit: int | None, name: str) -> torch.Tensor:
+        if unit != self._unit:
+            self._tensors = {}
+            self._unit = unit
+            with resident([self.layers[unit]] if unit is not None else self.outside):
+                weights = self.adapter.decoder_weights(self.model)
+                if not self.untied_head:  # an offloaded embedding made resident is no longer the head's tensor
+                    weights = dataclasses.replace(weights, lm_head=None)
+                blocks = _blocks_for(weights)
+                if unit is None:
+                    before, after = _global_tensors(weights, blocks)
+                    self._tensors = dict(before + after)
+                else:
+                    self._tensors = dict(blocks.layer(unit, weights.layers[unit])[1])
+        return self._tensors.pop(name)
+
+
+def _write(partial: Path, model: nn.Module, dtype: str, tokenizer_dir, tokenizer_pre: str | None, name: str,
+           progress: bool) -> GgufSummary:
+    """Write the whole file at ``partial``: the tensors' names and shapes from the model's (possibly offloaded,
+    meta) weights, their values computed as the writer reaches them."""
     qtype, file_type = DTYPES[dtype]
-    writer = gguf.GGUFWriter(str(partial), blocks.architecture)
-    shapes, tensors = [], [("token_embd.weight", weights.embedding), ("output_norm.weight", weights.final_norm)]
+    weights = get_adapter(model).decoder_weights(model)
+    blocks = _blocks_for(weights)
+    before, after = _global_tensors(weights, blocks)
+    listed: list[tuple[int | None, str, tuple[int, ...]]] = [(None, n, tuple(t.shape)) for n, t in before]
+    shapes = []
     for index, layer in enumerate(weights.layers):
         shape, layer_tensors = blocks.layer(index, layer)
         shapes.append(shape)
-        tensors += layer_tensors
-    tensors += blocks.globals()
+        listed += [(index, n, tuple(t.shape)) for n, t in layer_tensors]
+    listed += [(None, n, tuple(t.shape)) for n, t in after]
+    writer = gguf.GGUFWriter(str(partial), blocks.architecture)
     context = weights.context_length
     if weights.sliding_window is not None:
         logger.warning("llama.cpp's %s blocks have no sliding-window attention: the model is exact up to its window "
@@ -270,12 +338,17 @@ def _write(partial: Path, weights: DecoderWeights, blocks: _DeciBlocks | _OpenEl
     if qtype not in (Q.F32, Q.F16, Q.BF16):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     tokenizer = add_vocabulary(writer, Path(tokenizer_dir), weights.vocab_size, tokenizer_pre)
-    unquantized = []
-    for tensor_name, tensor in tensors:
-        data, written, fell_back = _encode(tensor_name, tensor, qtype)
-        writer.add_tensor(tensor_name, data, raw_dtype=written)
-        if fell_back:
+    source, unquantized = _TensorSource(model, untied_head=weights.lm_head is not None), []
+    for unit, tensor_name, shape in listed:
+        encoding = _Encoding.of(shape, qtype)
+        if encoding.fell_back:
+            logger.info("%s: rows of %d values are not whole blocks of %s; written as f16", tensor_name, shape[-1],
+                        qtype.name)
             unquantized.append(tensor_name)
+        meta = LazyNumpyTensor.meta_with_dtype_and_shape(encoding.array_dtype, encoding.array_shape)
+        values = LazyNumpyTensor(meta=meta, func=lambda unit=unit, tensor_name=tensor_name, encoding=encoding:
+                                 encoding.encode(source.tensor(unit, tensor_name)))
+        writer.add_tensor(tensor_name, values, raw_dtype=encoding.written)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -292,10 +365,11 @@ def stored_values(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
     Loading these into the PyTorch model gives the model llama.cpp actually runs, so the two can be compared
     on the same weights (what remains is llama.cpp's own arithmetic, e.g. 8-bit activations in quantized matmuls).
     """
-    data, written, _ = _encode("", tensor, DTYPES[dtype][0])
-    if written == Q.F32:
+    encoding = _Encoding.of(tuple(tensor.shape), DTYPES[dtype][0])
+    data = encoding.encode(tensor)
+    if encoding.written == Q.F32:
         return torch.from_numpy(data.copy())
-    return torch.from_numpy(gguf.quants.dequantize(data, written).reshape(tuple(tensor.shape)).astype(np.float32))
+    return torch.from_numpy(gguf.quants.dequantize(data, encoding.written).reshape(tuple(tensor.shape)).astype(np.float32))
 
 
 def with_stored_weights(model: nn.Module, dtype: str) -> nn.Module:
@@ -318,12 +392,10 @@ def write_gguf(model: nn.Module, path: str | os.PathLike, *, tokenizer_dir: str 
     """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    weights = get_adapter(model).decoder_weights(model)
-    blocks = _blocks_for(weights)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
-        summary = _write(partial, weights, blocks, dtype, tokenizer_dir, tokenizer_pre, name or path.stem, progress)
+        summary = _write(partial, model, dtype, tokenizer_dir, tokenizer_pre, name or path.stem, progress)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -334,9 +406,10 @@ def write_gguf(model: nn.Module, path: str | os.PathLike, *, tokenizer_dir: str 
 
 def export_checkpoint(model: str, path: str | os.PathLike, *, tokenizer: str | None = None, dtype: str = "f32",
                       tokenizer_pre: str | None = None, progress: bool = False) -> GgufSummary:
-    """Load the checkpoint ``model`` (pruned or not) and write it with its tokenizer (``tokenizer``: a directory;
-    default the model's own) as a GGUF file at ``path``."""
-    loaded, _ = load_model(model, dtype="auto")
+    """Write the checkpoint ``model`` (pruned or not) with its tokenizer (``tokenizer``: a directory; default the
+    model's own) as a GGUF file at ``path``, reading its weights a decoder layer at a time from the shards."""
+    _, stored = resolve_dtypes("auto", getattr(load_config(model), "dtype", None))
+    loaded, _ = load_offloaded(model, dtype=stored or torch.float32, device=torch.device("cpu"))
     return write_gguf(loaded, path, tokenizer_dir=_tokenizer_dir(model, tokenizer), dtype=dtype,
                       tokenizer_pre=tokenizer_pre, progress=progress)
 
