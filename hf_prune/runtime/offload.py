@@ -56,6 +56,14 @@ def resident(modules: Sequence[nn.Module]) -> Iterator[None]:
         yield
 
 
+def modules_outside(model: nn.Module, layers: Sequence[nn.Module], skip: Sequence[nn.Module] = ()) -> list[nn.Module]:
+    """The modules of ``model`` that hold weights of their own outside its decoder ``layers`` (embeddings, final
+    norm, head), less ``skip``: what to make resident for the work done before or after the layers."""
+    skipped = {id(module) for layer in layers for module in layer.modules()} | {id(module) for module in skip}
+    return [module for module in model.modules()
+            if id(module) not in skipped and next(module.parameters(recurse=False), None) is not None]
+
+
 def _drop_weights(module: nn.Module, hook) -> None:
     hook.offload = True
     hook.post_forward(module, None)

@@ -33,9 +33,10 @@ def least_squares_weights(
     Nothing of the size of the d×d second moments is copied, and the k×k system is factored in place: the kept block
     and the right-hand side are read from the moments a block of rows at a time, and the system (symmetric positive
     definite once damped) is solved by a Cholesky factorisation written over itself — so a layer costs its statistics
-    plus one k×k matrix and one k×out, the solution written over the right-hand side (measured by ``eval/bench_layerwise_memory.py``; Llama-3.1-8B's down_proj at 35%:
-    0.7 GB, where a general solve held three k×k matrices). The weight is read in float64 a block of output rows at a
-    time (a float64 copy of Llama-3.1-8B's down_proj would be 0.47 GB more).
+    plus one k×k matrix and one k×out, the solution written over the right-hand side (measured by
+    ``eval/bench_layerwise_memory.py``; Llama-3.1-8B's down_proj at 35%: 0.7 GB, where a general solve held three k×k
+    matrices). The weight is read in float64 a block of output rows at a time (a float64 copy of Llama-3.1-8B's
+    down_proj would be 0.47 GB more).
     """
     if channels.gram is None:
         raise ValueError("least-squares compensation needs second moments: collect statistics with gram=True")

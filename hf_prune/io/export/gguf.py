@@ -51,7 +51,7 @@ from torch import nn
 from ...adapters import get_adapter
 from ...adapters.weights import AttentionWeights, DecoderWeights, LayerWeights, MLPWeights, RemovedWeights
 from ...errors import ConfigError
-from ...runtime.offload import resident
+from ...runtime.offload import modules_outside, resident
 from ..checkpoint import load_config, resolve_dtypes
 from ..layerwise import load_offloaded
 from .gguf_vocab import add_vocabulary
@@ -273,13 +273,10 @@ class _TensorSource:
     def __init__(self, model: nn.Module, untied_head: bool) -> None:
         self.model, self.adapter, self.untied_head = model, get_adapter(model), untied_head
         self.layers = self.adapter.decoder_layers(model)
-        in_layers = {id(module) for layer in self.layers for module in layer.modules()}
-        tied_head = model.get_output_embeddings()
-        if tied_head is not None and tied_head.weight is not model.get_input_embeddings().weight:
-            tied_head = None
+        head = model.get_output_embeddings()
+        tied = head is not None and head.weight is model.get_input_embeddings().weight
         # an offloaded tied head would load a second copy of the embedding table
-        self.outside = [module for module in model.modules() if id(module) not in in_layers
-                        and module is not tied_head and next(module.parameters(recurse=False), None) is not None]
+        self.outside = modules_outside(model, self.layers, skip=[head] if tied else [])
         self._unit: int | None | str = "none yet"
         self._tensors: dict[str, torch.Tensor] = {}
 

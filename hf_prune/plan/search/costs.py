@@ -36,7 +36,7 @@ from ...calibration.statistics import first_layer_inputs
 from ...cut.compensation import TemporaryCompensation
 from ...cut.masks import GroupMasks
 from ...cut.walk import LayerWalk
-from ...runtime.offload import execution_device, has_offloaded_weights, resident
+from ...runtime.offload import execution_device, has_offloaded_weights, modules_outside, resident
 from ...runtime.interrupt import stop_at_step_boundary
 from .journal import SweepCheckpoint, SweepState
 from .probes import Candidate, choose_probes, scaled_costs
@@ -274,12 +274,9 @@ class SweepCostMeter(CostMeter):
             raise ValueError("a compensated sweep gathers each layer's statistics on the calibration rows: pass them")
         self.calibration_rows = calibration_rows
         self._resident_layer: int | None = None
-        embeddings = self.model.get_input_embeddings()
-        skipped = {id(module) for layer in self.layers for module in layer.modules()} | {id(embeddings)}
         # final norm and head: what the model runs after its decoder layers (the embeddings run only in the first
         # inputs, loaded there by their own hook: resident with the head they would be a second copy of a tied table)
-        self._outside = [module for module in self.model.modules()
-                         if id(module) not in skipped and next(module.parameters(recurse=False), None) is not None]
+        self._outside = modules_outside(self.model, self.layers, skip=[self.model.get_input_embeddings()])
 
     def _compensate(self, name: str) -> None:
         """A consumer is compensated only while its layer is resident (its statistics exist only then)."""
