@@ -182,17 +182,18 @@ def test_command_writes_a_pruned_checkpoint_and_refuses_bad_input_in_one_line(to
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned", "pruned.gguf"]  # no partial file left
 
 
-def test_export_reads_the_checkpoint_one_decoder_layer_at_a_time(tokenizer_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
+def test_export_reads_the_checkpoint_one_decoder_layer_at_a_time(dtype, tokenizer_dir, tmp_path, monkeypatch):
     """export-gguf of an 8B–70B checkpoint must not hold the model: its weights stay in the shards (on meta) except
-    while one unit (a decoder layer, or the weights outside the layers) is read, and the file is the one the
-    in-memory writer gives."""
+    while one unit (a decoder layer, or the weights outside the layers) is read, each tensor is encoded a few rows at
+    a time, and the file is the one the in-memory writer gives."""
     from hf_prune.io.export import gguf as exporter
 
     model = pruned_tiny("llama")
     save_pruned(model, make_tiny_tokenizer(vocab_size=300, byte_level=True), tmp_path / "pruned")
     (tmp_path / "memory").mkdir()
     (tmp_path / "shards").mkdir()
-    write_gguf(model, tmp_path / "memory" / "m.gguf", tokenizer_dir=tmp_path / "pruned")
+    write_gguf(model, tmp_path / "memory" / "m.gguf", tokenizer_dir=tmp_path / "pruned", dtype=dtype)
     loaded = {}
     load_offloaded, resident = exporter.load_offloaded, exporter.resident
 
@@ -211,7 +212,8 @@ def test_export_reads_the_checkpoint_one_decoder_layer_at_a_time(tokenizer_dir, 
 
     monkeypatch.setattr(exporter, "load_offloaded", loading)
     monkeypatch.setattr(exporter, "resident", watched)
-    exporter.export_checkpoint(str(tmp_path / "pruned"), tmp_path / "shards" / "m.gguf")
+    monkeypatch.setattr(exporter, "ROWS_PER_ENCODE", 7)  # several blocks of rows in every 2-D tensor
+    exporter.export_checkpoint(str(tmp_path / "pruned"), tmp_path / "shards" / "m.gguf", dtype=dtype)
     layers = len(loaded["layers"])
     assert loaded["counts"] == [0] + [1] * layers + [0], "outside weights, each layer alone, outside weights again"
     assert all(p.device.type == "meta" for p in loaded["model"].parameters()), "nothing stays loaded"

@@ -72,6 +72,8 @@ DTYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
 }
 
 Tensors = list[tuple[str, torch.Tensor]]
+#: rows of a tensor converted to float32 at a time while encoding (Llama-3's 128k x 4096 table: 64 MB a block)
+ROWS_PER_ENCODE = 4096
 
 
 @dataclass
@@ -253,11 +255,15 @@ class _Encoding:
         return cls(qtype, np.uint8, tuple(gguf.quant_shape_to_byte_shape(shape, qtype)))
 
     def encode(self, tensor: torch.Tensor) -> np.ndarray:
-        """The tensor's bytes in the written type."""
-        array = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        if self.written in (Q.F32, Q.F16):
-            return array.astype(self.array_dtype, copy=False)
-        return gguf.quants.quantize(array, self.written)
+        """The tensor's bytes in the written type, ROWS_PER_ENCODE rows at a time (every type encodes rows
+        independently), so a bfloat16 vocabulary table is never whole in float32 on its way to the file."""
+        tensor = tensor.detach().to(device="cpu")
+        encoded = np.empty(self.array_shape, dtype=self.array_dtype)
+        for first in range(0, tensor.shape[0], ROWS_PER_ENCODE):
+            rows = tensor[first : first + ROWS_PER_ENCODE].to(torch.float32).contiguous().numpy()
+            encoded[first : first + rows.shape[0]] = (rows if self.written in (Q.F32, Q.F16)
+                                                      else gguf.quants.quantize(rows, self.written))
+        return encoded
 
 
 def _global_tensors(weights: DecoderWeights, blocks: _DeciBlocks | _OpenElmBlocks) -> tuple[Tensors, Tensors]:
@@ -265,35 +271,41 @@ def _global_tensors(weights: DecoderWeights, blocks: _DeciBlocks | _OpenElmBlock
     return [("token_embd.weight", weights.embedding), ("output_norm.weight", weights.final_norm)], blocks.globals()
 
 
+#: a unit of the file's tensors: a decoder layer's index, or the tensors written before / after the layers
+Unit = int | str
+BEFORE, AFTER = "before the layers", "after the layers"
+
+
 class _TensorSource:
-    """The file's tensors as the writer reaches them, a *unit* at a time: a decoder layer (its index) or the
-    weights outside the layers (None). A unit's weights are made resident (a no-op for a model in memory), its
-    tensors formed by the blocks, and each is handed over once and forgotten, so one unit is held at a time."""
+    """The file's tensors as the writer reaches them, a *unit* at a time: a decoder layer, or the tensors outside the
+    layers written before them (embedding, final norm) or after them (untied head, RoPE factors). A unit's weights
+    are made resident (a no-op for a model in memory), its tensors formed by the blocks, and each is handed over once
+    and forgotten, so one unit is held at a time — and never the embedding and an untied head together."""
 
     def __init__(self, model: nn.Module, untied_head: bool) -> None:
         self.model, self.adapter, self.untied_head = model, get_adapter(model), untied_head
         self.layers = self.adapter.decoder_layers(model)
-        head = model.get_output_embeddings()
-        tied = head is not None and head.weight is model.get_input_embeddings().weight
-        # an offloaded tied head would load a second copy of the embedding table
-        self.outside = modules_outside(model, self.layers, skip=[head] if tied else [])
-        self._unit: int | None | str = "none yet"
+        embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+        heads = [head] if head is not None else []
+        self.resident_for = {BEFORE: modules_outside(model, self.layers, skip=heads),
+                             AFTER: modules_outside(model, self.layers, skip=[embedding] + ([] if untied_head else heads))}
+        self._unit: Unit | None = None
         self._tensors: dict[str, torch.Tensor] = {}
 
-    def tensor(self, unit: int | None, name: str) -> torch.Tensor:
+    def tensor(self, unit: Unit, name: str) -> torch.Tensor:
         if unit != self._unit:
             self._tensors = {}
             self._unit = unit
-            with resident([self.layers[unit]] if unit is not None else self.outside):
+            with resident([self.layers[unit]] if isinstance(unit, int) else self.resident_for[unit]):
                 weights = self.adapter.decoder_weights(self.model)
                 if not self.untied_head:  # an offloaded embedding made resident is no longer the head's tensor
                     weights = dataclasses.replace(weights, lm_head=None)
                 blocks = _blocks_for(weights)
-                if unit is None:
-                    before, after = _global_tensors(weights, blocks)
-                    self._tensors = dict(before + after)
-                else:
+                if isinstance(unit, int):
                     self._tensors = dict(blocks.layer(unit, weights.layers[unit])[1])
+                else:
+                    before, after = _global_tensors(weights, blocks)
+                    self._tensors = dict(before if unit == BEFORE else after)
         return self._tensors.pop(name)
 
 
@@ -305,13 +317,13 @@ def _write(partial: Path, model: nn.Module, dtype: str, tokenizer_dir, tokenizer
     weights = get_adapter(model).decoder_weights(model)
     blocks = _blocks_for(weights)
     before, after = _global_tensors(weights, blocks)
-    listed: list[tuple[int | None, str, tuple[int, ...]]] = [(None, n, tuple(t.shape)) for n, t in before]
+    listed: list[tuple[Unit, str, tuple[int, ...]]] = [(BEFORE, n, tuple(t.shape)) for n, t in before]
     shapes = []
     for index, layer in enumerate(weights.layers):
         shape, layer_tensors = blocks.layer(index, layer)
         shapes.append(shape)
         listed += [(index, n, tuple(t.shape)) for n, t in layer_tensors]
-    listed += [(None, n, tuple(t.shape)) for n, t in after]
+    listed += [(AFTER, n, tuple(t.shape)) for n, t in after]
     writer = gguf.GGUFWriter(str(partial), blocks.architecture)
     context = weights.context_length
     if weights.sliding_window is not None:
