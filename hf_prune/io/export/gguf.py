@@ -375,9 +375,9 @@ def stored_values(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
     on the same weights (what remains is llama.cpp's own arithmetic, e.g. 8-bit activations in quantized matmuls).
     """
     encoding = _Encoding.of(tuple(tensor.shape), DTYPES[dtype][0])
-    data = encoding.encode(tensor)
+    data = encoding.encode(tensor)  # a buffer of its own: encode writes into a new array
     if encoding.written == Q.F32:
-        return torch.from_numpy(data.copy())
+        return torch.from_numpy(data)
     return torch.from_numpy(gguf.quants.dequantize(data, encoding.written).reshape(tuple(tensor.shape)).astype(np.float32))
 
 
