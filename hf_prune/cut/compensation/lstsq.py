@@ -14,14 +14,15 @@ import torch
 
 from ...calibration.statistics import ChannelStatistics
 from .base import Compensation
+from .linalg import cholesky_in_place, column_major, solve_in_place
 
 #: relative ridge added to the kept channels' second moments: a removed channel that a kept one copies
 #: (or a channel that never fires) makes them singular; 1% of the mean diagonal, as SparseGPT dampens
 DAMPING = 0.01
 #: rows of the second moments read at a time when forming the system (a block is ROWS_PER_BLOCK x d float64)
-ROWS_PER_BLOCK = 1024
+ROWS_PER_BLOCK = 256
 #: output rows of the consumer's weight held in float64 at a time while forming the right-hand side
-OUTPUTS_PER_BLOCK = 1024
+OUTPUTS_PER_BLOCK = 256
 
 
 def least_squares_weights(
@@ -32,9 +33,9 @@ def least_squares_weights(
 
     Nothing of the size of the d×d second moments is copied, and the k×k system is factored in place: the kept block
     and the right-hand side are read from the moments a block of rows at a time, and the system (symmetric positive
-    definite once damped) is solved by a Cholesky factorisation written over itself — so a layer costs its statistics
-    plus one k×k matrix and one k×out, the solution written over the right-hand side (measured by
-    ``eval/bench_layerwise_memory.py``; Llama-3.1-8B's down_proj at 35%: 0.7 GB, where a general solve held three k×k
+    definite once damped) is solved by a Cholesky factorisation written over itself (:mod:`.linalg`: torch's own
+    ``out=`` forms copy it) — so a layer costs its statistics plus one k×k matrix and one k×out, the solution written
+    over the right-hand side (Llama-3.1-8B's down_proj at 35%: 0.7 GB, where a general solve held three k×k
     matrices). The weight is read in float64 a block of output rows at a time (a float64 copy of Llama-3.1-8B's
     down_proj would be 0.47 GB more).
     """
@@ -47,12 +48,14 @@ def least_squares_weights(
     # E[[x_K; 1] (W y)ᵀ] with y the input whose dense output is reproduced: x itself, or the dense model's (asymmetric)
     moments = channels.cross if channels.cross is not None else channels.gram
     system = torch.empty(size + 1, size + 1, dtype=torch.float64)  # moments of [x_K; 1]
-    right = torch.empty(size + 1, dense.shape[0], dtype=torch.float64)
+    right = column_major(size + 1, dense.shape[0], dtype=torch.float64)
     start = 0
     for rows in kept.split(ROWS_PER_BLOCK):
         stop = start + rows.numel()
-        system[start:stop, :size] = channels.gram.index_select(0, rows).index_select(1, kept)
-        block = moments.index_select(0, rows)
+        block = channels.gram.index_select(0, rows)
+        system[start:stop, :size] = block.index_select(1, kept)
+        if moments is not channels.gram:
+            block = moments.index_select(0, rows)
         for outputs, weight_rows in _float64_row_blocks(dense):
             right[start:stop, outputs] = block @ weight_rows.T
         start = stop
@@ -64,11 +67,11 @@ def least_squares_weights(
     system.diagonal()[:size] += damping * float(system.diagonal()[:size].mean())
     for outputs, weight_rows in _float64_row_blocks(dense):
         right[size, outputs] = weight_rows @ channels.target_mean
-    factor, info = torch.linalg.cholesky_ex(system, out=(system, torch.empty((), dtype=torch.int32)))
-    if int(info):
+    info = cholesky_in_place(system)
+    if info:
         raise FloatingPointError(f"least squares: the kept channels' second moments are not positive definite even "
-                                 f"with {damping:g} damping (leading minor {int(info)}); are the statistics finite?")
-    solution = torch.cholesky_solve(right, factor, out=right)  # [k + 1, out], written over the right-hand side
+                                 f"with {damping:g} damping (leading minor {info}); are the statistics finite?")
+    solution = solve_in_place(system, right)  # [k + 1, out], written over the right-hand side
     return solution[:size].T, solution[size]
 
 

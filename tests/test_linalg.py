@@ -1,0 +1,50 @@
+"""The in-place Cholesky factorisation, solve and inverse that least squares and OBS use on d×d float64 matrices:
+the same numbers as torch's own routines, written over their inputs (no second matrix of the size of the moments)."""
+
+import pytest
+import torch
+
+from hf_prune.cut.compensation.linalg import (
+    MIRROR_ROWS, cholesky_in_place, column_major, factor_view, inverse_in_place, solve_in_place)
+
+
+def spd(size: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    factor = torch.randn(size, size + 5, generator=generator, dtype=torch.float64)
+    return factor @ factor.T / size + 0.1 * torch.eye(size, dtype=torch.float64)
+
+
+def test_the_factor_and_the_solution_are_torchs_own_and_lie_where_their_inputs_lay():
+    matrix, right_values = spd(70), torch.randn(70, 9, dtype=torch.float64)
+    expected_factor = torch.linalg.cholesky(matrix)
+    expected = torch.cholesky_solve(right_values, expected_factor)
+
+    storage = matrix.data_ptr()
+    assert cholesky_in_place(matrix) == 0
+    assert matrix.data_ptr() == storage
+    torch.testing.assert_close(torch.tril(factor_view(matrix)), expected_factor, rtol=0, atol=1e-13)
+
+    right = column_major(70, 9, dtype=torch.float64)
+    right.copy_(right_values)
+    right_storage = right.data_ptr()
+    solution = solve_in_place(matrix, right)
+    assert solution.data_ptr() == right_storage
+    torch.testing.assert_close(solution, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [5, MIRROR_ROWS + 37])  # one block of rows, and more than one
+def test_the_inverse_is_written_over_the_factor_with_both_triangles(size):
+    matrix = spd(size, seed=1)
+    expected = torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+    storage = matrix.data_ptr()
+    assert cholesky_in_place(matrix) == 0
+    inverse = inverse_in_place(matrix)
+    assert inverse.data_ptr() == storage
+    torch.testing.assert_close(inverse, expected, rtol=1e-10, atol=1e-12)
+    assert torch.equal(inverse, inverse.T)
+
+
+def test_a_matrix_that_is_not_positive_definite_is_reported_not_factored():
+    matrix = spd(6)
+    matrix[3, 3] = -1.0
+    assert cholesky_in_place(matrix) == 4  # LAPACK's info: the leading minor of order 4
