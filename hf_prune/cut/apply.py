@@ -150,7 +150,8 @@ def _cut_on_walk(model: nn.Module, plan: PruningPlan, scopes: list[PrunableScope
         if stats is None:  # one pass gathers every consumer's input still to come
             stats = walk.statistics(layer, pending[position:], gram=compensation.second_moments)
         choose_groups(model, plan.kept, [scope], stats, compensation)
-        compensate_scope(model, scope, plan.kept[scope.name], stats.channels[scope.name], compensation)
+        # popped: a consumer's d×d second moments are freed once it is refit, before the next consumer's are worked on
+        compensate_scope(model, scope, plan.kept[scope.name], stats.channels.pop(scope.name), compensation)
         changed = len(set(plan.kept[scope.name])) < scope.num_groups
         apply_plan(model, [scope], plan.kept, allow_empty=True)
         if changed:

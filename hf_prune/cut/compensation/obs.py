@@ -19,8 +19,8 @@ weights): SlimGPT's group-wise removal for the same reason — one downdate of H
 each, so an 8B down_proj (d = 14336, 5000 neurons removed at 35%) takes ROUNDS rank-m updates instead of 5000
 rank-1 ones. The search measures its candidates with least squares on the criterion's choice; the final cut makes
 this choice within the counts the search picked. Asymmetric refits (``--refit-on asymmetric``) choose on the
-pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (two while it is formed
-from the Cholesky factor), and the consumer's weight in float64.
+pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (formed over the
+covariance where it lies, :mod:`.linalg`), and the consumer's weight in float64.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ import torch
 
 from ...calibration.statistics import ChannelStatistics
 from ..surgery import block_indices
+from .linalg import cholesky_in_place, inverse_in_place
 from .lstsq import DAMPING, LeastSquaresCompensation
 
 #: removals are made in at most this many rounds (see the module docstring). Measured on SmolLM2-135M, uniform
 #: MLP-only counts, validation split (eval/results/obs_rounds.md): 8, 32, 128 rounds and one group at a time lie
 #: within 0.02 of each other (perplexity ratio 2.134-2.147 at 35%, 3.217-3.250 at 50%; lstsq alone: 2.184, 3.443)
 ROUNDS = 32
+#: columns of the weight squared at a time when ranking single-column groups (a block is out × this, float64)
+COLUMNS_PER_BLOCK = 1024
 
 
 @torch.no_grad()
@@ -52,7 +55,7 @@ def obs_kept_groups(weight: torch.Tensor, block: int, keep: int, channels: Chann
     if to_remove <= 0:
         return list(range(groups))
     inverse = _damped_inverse_covariance(channels, damping)
-    work = weight.detach().to(device="cpu", dtype=torch.float64).clone()
+    work = weight.detach().to(device="cpu", dtype=torch.float64, copy=True)  # one copy (.to().clone() made two)
     alive = torch.ones(groups, dtype=torch.bool)
     per_round = max(1, math.ceil(to_remove / rounds))
     removed = 0
@@ -76,19 +79,20 @@ def _damped_inverse_covariance(channels: ChannelStatistics, damping: float) -> t
     count = float(channels.count)
     mean = channels.total / count
     covariance = channels.gram / count
-    covariance.sub_(torch.outer(mean, mean))
+    covariance.addr_(mean, mean, alpha=-1.0)  # in place: an outer product would be one more d×d matrix
     covariance.diagonal().add_(damping * float(covariance.diagonal().mean()))
-    factor, info = torch.linalg.cholesky_ex(covariance, out=(covariance, torch.empty((), dtype=torch.int32)))
-    if int(info):
+    info = cholesky_in_place(covariance)
+    if info:
         raise FloatingPointError(f"OBS selection: the input covariance is not positive definite even with "
-                                 f"{damping:g} damping (leading minor {int(info)}); are the statistics finite?")
-    return torch.cholesky_inverse(factor)
+                                 f"{damping:g} damping (leading minor {info}); are the statistics finite?")
+    return inverse_in_place(covariance)
 
 
 def _removal_errors(weight: torch.Tensor, inverse: torch.Tensor, live: torch.Tensor, block: int) -> torch.Tensor:
     """E(g) = tr(W_g (H⁻¹_gg)⁻¹ W_gᵀ) for every live group ``g`` alone, on the current (compensated) weights."""
-    if block == 1:
-        return weight.index_select(1, live).pow(2).sum(dim=0) / inverse.diagonal().index_select(0, live)
+    if block == 1:  # a block of columns at a time: no copy of the weight
+        squares = torch.cat([weight.index_select(1, chunk).pow_(2).sum(dim=0) for chunk in live.split(COLUMNS_PER_BLOCK)])
+        return squares / inverse.diagonal().index_select(0, live)
     columns = block_indices(live.tolist(), block).view(-1, block)  # [groups, block]
     diagonal_blocks = inverse[columns[:, :, None], columns[:, None, :]]  # [groups, block, block]
     weights = weight[:, columns].permute(1, 2, 0)  # [groups, block, out]
