@@ -15,7 +15,8 @@ layer in float32 + that layer's second moments + the calibration activations + t
 run of many hours, longer than a working session: ``--workdir DIR`` keeps the checkpoint, the output and the search's
 state in DIR, and running the same command again continues an interrupted run with ``--resume``. Every process writes
 its peak memory to DIR every 30 s, so the peak of a segment that was killed is counted too; the results are written
-once the run has finished (peak: the largest of its segments; seconds: their sum)::
+once the run has finished (peak: the largest of its segments that ran the final code of ``hf_prune/``, earlier ones
+reported beside it; seconds: the sum of all)::
 
     HF_HUB_OFFLINE=1 python eval/bench_layerwise_memory.py --shape llama-3.1-8b --modes layerwise --samples 4 \
         --seq-len 128 --recipe search-lstsq-recipe --workdir runs/llama-8b-recipe --name layerwise_memory_recipe_8b
@@ -71,14 +72,15 @@ def report():  # a segment killed with its session still leaves its peak
         time.sleep(30)
         with open(progress + ".tmp", "w") as handle:
             json.dump({"baseline_mb": baseline, "peak_mb": status_mb("VmHWM"),
-                       "seconds": time.perf_counter() - start}, handle)
+                       "seconds": time.perf_counter() - start,
+                       "hf_prune_tree": os.environ.get("HF_PRUNE_BENCH_TREE")}, handle)
         os.replace(progress + ".tmp", progress)
 
 if progress:
     threading.Thread(target=report, daemon=True).start()
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "baseline_mb": baseline, "peak_mb": status_mb("VmHWM"),
-                  "seconds": time.perf_counter() - start}))
+                  "seconds": time.perf_counter() - start, "hf_prune_tree": os.environ.get("HF_PRUNE_BENCH_TREE")}))
 """
 
 
@@ -166,6 +168,7 @@ def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     if progress is not None:
         env["HF_PRUNE_BENCH_PROGRESS"] = str(progress)
+        env["HF_PRUNE_BENCH_TREE"] = package_tree()
         if (output.parent / f"{output.name}.search-state").is_dir():
             argv.append("--resume")
     result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env,
@@ -175,9 +178,23 @@ def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int,
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def package_tree() -> str:
+    """Which code of ``hf_prune/`` a segment ran: git's tree hash of the package ("+changes" when the work tree
+    differs from it), or "unknown" outside a git checkout."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], capture_output=True, text=True, cwd=EVAL_DIR.parent).stdout.strip()
+
+    tree = git("rev-parse", "HEAD:hf_prune") or "unknown"
+    return tree + ("+changes" if git("status", "--porcelain", "--", "hf_prune") else "")
+
+
 def run_segments(workdir: Path, mode: str, args: argparse.Namespace) -> dict:
     """Run (or continue) the mode's run in ``workdir``; once it has finished, its peak is the largest of its
-    segments' (killed ones included: each reported its peak as it went) and its seconds their sum."""
+    segments' (killed ones included: each reported its peak as it went) and its seconds their sum.
+
+    A run of many hours may be continued by newer code (the search's state is the same; how much memory a step
+    holds may not be): the peak is then that of the segments that ran the last segment's code, and the earlier
+    segments' peak and seconds are reported beside it."""
     output = workdir / mode
     if (output / "config.json").is_file() and (workdir / f"{mode}.result.json").is_file():
         return json.loads((workdir / f"{mode}.result.json").read_text())  # finished before
@@ -186,11 +203,23 @@ def run_segments(workdir: Path, mode: str, args: argparse.Namespace) -> dict:
     finished = run(workdir / "dense", output, mode == "layerwise", args.samples, args.seq_len, args.recipe, progress)
     progress.write_text(json.dumps(finished))
     reports = [json.loads(path.read_text()) for path in sorted(workdir.glob(f"{mode}.segment-*.json"))]
-    worst = max(reports, key=lambda report: report["peak_mb"] - report["baseline_mb"])
-    result = {"code": finished["code"], "baseline_mb": worst["baseline_mb"], "peak_mb": worst["peak_mb"],
-              "seconds": sum(report["seconds"] for report in reports), "segments": len(reports)}
+    result = {"code": finished["code"], **combine_segments(reports)}
     (workdir / f"{mode}.result.json").write_text(json.dumps(result))
     return result
+
+
+def combine_segments(reports: list[dict]) -> dict:
+    """One run's memory and time from its segments' reports (the last one: the segment that finished it)."""
+    final_tree = reports[-1].get("hf_prune_tree")
+    final_code = [report for report in reports if report.get("hf_prune_tree") == final_tree]
+    earlier = [report for report in reports if report.get("hf_prune_tree") != final_tree]
+    added = lambda report: report["peak_mb"] - report["baseline_mb"]  # noqa: E731
+    worst = max(final_code, key=added)
+    return {"baseline_mb": worst["baseline_mb"], "peak_mb": worst["peak_mb"],
+            "seconds": sum(report["seconds"] for report in reports), "segments": len(reports),
+            "hf_prune_tree": final_tree, "earlier_code_segments": len(earlier),
+            "earlier_code_seconds": sum(report["seconds"] for report in earlier),
+            "earlier_code_added_mb": max(map(added, earlier), default=None)}
 
 
 def same_tensors(a: Path, b: Path) -> bool:
@@ -256,6 +285,13 @@ def main() -> None:
     for mode, row in rows.items():
         lines.append(f"| {mode} | {row['peak_mb']:.0f} | {row['added_mb']:.0f} | "
                      f"{row['added_mb'] / fp32_model_mb:.2f} | {row['seconds']:.0f} |")
+    for mode, row in rows.items():
+        if row.get("earlier_code_segments"):
+            lines += ["", f"{mode}: a run of {row['segments']} segments (interrupted and continued with --resume); "
+                      f"the peak is that of the segments run by the final code of hf_prune/ (tree "
+                      f"{row['hf_prune_tree']}); {row['earlier_code_segments']} earlier segments ran older code "
+                      f"({row['earlier_code_seconds']:.0f} s, counted in the seconds; their peak: "
+                      f"{row['earlier_code_added_mb']:.0f} MB added)."]
     lines += ["", *describe_bound(meta, rows.get("layerwise"))]
     if equal is not None:
         lines.append(f"Layer-wise and in-memory checkpoints hold the same tensors: {equal}.")
