@@ -202,6 +202,9 @@ def run_segments(workdir: Path, mode: str, args: argparse.Namespace) -> dict:
     progress = workdir / f"{mode}.segment-{len(segments):03d}.json"
     finished = run(workdir / "dense", output, mode == "layerwise", args.samples, args.seq_len, args.recipe, progress)
     progress.write_text(json.dumps(finished))
+    if finished["code"] != 0:  # interrupted (Ctrl-C: 130) or refused: its state is kept, nothing is reported yet
+        raise SystemExit(f"hf-prune stopped with exit code {finished['code']} before the run finished; its peak so far "
+                         f"is kept in {progress.name}: run the same command again to continue it")
     reports = [json.loads(path.read_text()) for path in sorted(workdir.glob(f"{mode}.segment-*.json"))]
     result = {"code": finished["code"], **combine_segments(reports)}
     (workdir / f"{mode}.result.json").write_text(json.dumps(result))
