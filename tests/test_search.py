@@ -20,6 +20,7 @@ from hf_prune.errors import BudgetError, ConfigError
 from hf_prune.modeling import RemovedSublayer
 from hf_prune.plan.planner import make_plan
 from hf_prune.plan.search.costs import CostMeter, SweepCostMeter
+from hf_prune.runtime.spilled import SpillFile
 from hf_prune.plan.search.knapsack import Option, solve
 from hf_prune.registry import COMPENSATIONS
 from hf_prune.plan.search.planner import ScopeChoices, coarse_counts, finer_counts, give_back_surplus, keep_top
@@ -225,9 +226,12 @@ def test_sweep_on_an_offloaded_model_loads_each_layer_once_per_pass(calibration,
         return original(module, name, device, value=value, **kwargs)
 
     monkeypatch.setattr(accelerate.hooks, "set_module_tensor_to_device", counting)
+    spilled, spill = [], SpillFile.spill
+    monkeypatch.setattr(SpillFile, "spill", lambda self, tensor: spilled.append(tensor.shape) or spill(self, tensor))
     measured, _ = _cost_table(model, SweepCostMeter, calibration[:4])
     assert measured == pytest.approx(expected, rel=1e-4, abs=1e-7)
     assert len(loads) == 4  # two set_base and two measure passes
+    assert len(spilled) == 2  # the dense reference, a batch of cost rows at a time, is kept in a file
     assert probe.weight.device.type == "meta"  # dropped again after the pass
 
 

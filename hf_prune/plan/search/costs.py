@@ -40,6 +40,7 @@ from ...runtime.offload import execution_device, has_offloaded_weights, modules_
 from ...runtime.interrupt import stop_at_step_boundary
 from .journal import SweepCheckpoint, SweepState
 from .probes import Candidate, choose_probes, scaled_costs
+from ...runtime.spilled import SpillFile, SpilledRows, in_memory
 
 
 class CostMeter(AbstractContextManager):
@@ -58,7 +59,9 @@ class CostMeter(AbstractContextManager):
         device = execution_device(model)
         self.current = {name: torch.ones(scope.num_groups, device=device) for name, scope in self.scopes.items()}
         self._hooks = GroupMasks(model, scopes, {name: self._live(name) for name in self.scopes})
-        self._reference: list[torch.Tensor] = []  # per batch: the dense log-probabilities, [tokens, vocab]
+        self._reference: list[torch.Tensor | SpilledRows] = []  # per batch: the dense log-probabilities, [tokens, vocab]
+        self.spill_reference = False  # keep them in a file, read a block at a time (spilled.py)
+        self._spill: SpillFile | None = None
         self._inputs: list[list[torch.Tensor]] = []  # per layer, per batch: that layer's input hidden states
         self._extras: list[tuple[tuple, dict]] = []  # per batch: the layers' other arguments
         self.base_kl = 0.0
@@ -81,6 +84,9 @@ class CostMeter(AbstractContextManager):
         self._hooks.remove()
         self._inputs.clear()
         self._reference.clear()
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
     @torch.no_grad()
     def set_base(self, masks: Mapping[str, torch.Tensor], checkpoint: SweepCheckpoint | None = None) -> float:
@@ -99,7 +105,7 @@ class CostMeter(AbstractContextManager):
     @property
     def reference(self) -> list[torch.Tensor]:
         """The dense model's next-token log-probabilities on the held-out rows, per batch (set by the first base)."""
-        return self._reference
+        return [in_memory(rows) for rows in self._reference]
 
     def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor]) -> None:
         """Bring a fresh meter to the base a journaled run had reached (``set_base(masks)`` returned ``kl`` there),
@@ -109,7 +115,15 @@ class CostMeter(AbstractContextManager):
 
     def _take_reference(self, reference: list[torch.Tensor]) -> None:
         device = execution_device(self.model)
-        self._reference = [r.to(device) for r in reference]
+        self._reference = [self._keep(r.to(device)) for r in reference]
+
+    def _keep(self, log_probs: torch.Tensor) -> torch.Tensor | SpilledRows:
+        """Where a batch of the dense reference is kept: in memory, or in the spill file when the meter has one."""
+        if not self.spill_reference:
+            return log_probs
+        if self._spill is None:
+            self._spill = SpillFile()
+        return self._spill.spill(log_probs)
 
     @torch.no_grad()
     def cost(self, scope: PrunableScope, mask: torch.Tensor) -> float:
@@ -136,7 +150,7 @@ class CostMeter(AbstractContextManager):
 
     def _set_base_kl(self, final_hidden: list[torch.Tensor]) -> float:
         if not self._reference:  # the first base is the dense model: its distribution is the reference
-            self._reference = [self._reference_of(hidden) for hidden in final_hidden]
+            self._reference = [self._keep(self._reference_of(hidden)) for hidden in final_hidden]
         self.base_kl = self._kl(final_hidden)
         return self.base_kl
 
@@ -226,7 +240,7 @@ class CostMeter(AbstractContextManager):
         for hidden, reference in zip(final_hidden, self._reference):
             start = 0
             for log_q in self._log_probs(hidden):
-                log_p = reference[start : start + log_q.shape[0]]
+                log_p = reference[start : start + log_q.shape[0]].to(log_q.device)
                 total += float((log_p.exp() * log_q.neg_().add_(log_p)).sum())
                 start += log_q.shape[0]
             tokens += start
@@ -270,6 +284,7 @@ class SweepCostMeter(CostMeter):
     def __init__(self, *args, calibration_rows: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.offloaded = has_offloaded_weights(self.model)
+        self.spill_reference = self.offloaded  # the dense reference in a file, read a block at a time (spilled.py)
         if self.compensation is not None and calibration_rows is None:
             raise ValueError("a compensated sweep gathers each layer's statistics on the calibration rows: pass them")
         self.calibration_rows = calibration_rows
@@ -295,6 +310,9 @@ class SweepCostMeter(CostMeter):
         for scope in here:  # the statistics of the whole input: this layer's own masks off while gathering
             self.current[scope.name].fill_(1.0)
         gathered = walk.statistics(layer, here, gram=compensation.compensation.second_moments)
+        if self.offloaded:  # held to one layer: the d×d moments in a file, their memory for least squares' system
+            for channels in gathered.channels.values():
+                channels.spill_second_moments()
         compensation.stats.channels.update(gathered.channels)
         self._resident_layer = index
         try:
@@ -340,7 +358,7 @@ class SweepCostMeter(CostMeter):
         request's :func:`squared_change` at its layer is recorded and only the probes are carried on. With a
         ``checkpoint``, the pass starts where an interrupted one stopped, writes its state at layer boundaries
         every so often, and Ctrl-C stops it at the next boundary with the state written."""
-        base = self._first_inputs()
+        base = self._first_inputs()  # also the layers' other arguments (positions, masks), resumed or not
         sweep = _Sweep(final=[], streams=[None] * len(requests), changes=[0.0] * len(requests), probes={})
         by_layer: dict[int, list[int]] = {}
         for index, (scope, _, _) in enumerate(requests):

@@ -103,7 +103,6 @@ class SearchJournal:
         self.calls: list[dict[str, Any]] = []
         self.position = 0
         self._sweep: dict[str, Any] | None = None
-        self._reference: list[torch.Tensor] | None = None
         if restart and self.writes:
             discard_saved_state(self.directory)
         elif resume and (self.directory / f"{STATE_NAME}_state.json").is_file():
@@ -139,11 +138,10 @@ class SearchJournal:
         (self.directory / SWEEP_FILE).unlink(missing_ok=True)  # the record no longer names it (up to GBs at 8B)
 
     def reference(self) -> list[torch.Tensor]:
-        """The dense log-probabilities of the held-out rows, as the first call computed them."""
-        if self._reference is None:
-            tensors = read_tensors(self.directory, STATE_NAME, REFERENCE_FILE)
-            self._reference = [tensors[f"reference/{b}"] for b in range(len(tensors))]
-        return self._reference
+        """The dense log-probabilities of the held-out rows, as the first call computed them (read from the state each
+        time, not kept: the meter keeps them, in a file when the model is offloaded)."""
+        tensors = read_tensors(self.directory, STATE_NAME, REFERENCE_FILE)
+        return [tensors[f"reference/{b}"] for b in range(len(tensors))]
 
     # -- the sweep in progress -----------------------------------------------------------------------------
     def checkpoint(self) -> SweepCheckpoint:
