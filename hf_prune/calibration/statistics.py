@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..adapters import PrunableScope
 from ..runtime.distributed import process_state, shard_for_this_process
 from ..runtime.offload import execution_device, resident
+from ..runtime.spilled import SpilledRows, SpillFile
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,12 @@ class ChannelStatistics:
     count: torch.Tensor  # scalar, number of tokens
     total: torch.Tensor  # [channels] Σ x
     total_sq: torch.Tensor  # [channels] Σ x²
-    #: [channels, channels] Σ x xᵀ, only when least-squares compensation needs it (channels² float64s)
-    gram: torch.Tensor | None = None
+    #: [channels, channels] Σ x xᵀ, only when least-squares compensation needs it (channels² float64s); in a file
+    #: once gathered, when the run holds memory to one layer (:meth:`spill_second_moments`)
+    gram: torch.Tensor | SpilledRows | None = None
     #: when the refit's target is another stream's output (``--refit-on asymmetric``: the dense model's input y of
     #: the same consumer on the same tokens): [channels, channels] Σ x yᵀ, with ``gram``
-    cross: torch.Tensor | None = None
+    cross: torch.Tensor | SpilledRows | None = None
     #: and [channels] Σ y
     target_total: torch.Tensor | None = None
 
@@ -73,6 +75,15 @@ class ChannelStatistics:
             self.target_total += other.sum(dim=0).cpu()
             if self.cross is not None:
                 _add_product(self.cross, flat, other)
+
+    def spill_second_moments(self) -> None:
+        """Move the finished d×d sums to a file of their own (read back by rows; gone with these statistics).
+
+        Least squares reads only the kept rows of them, and OBS works on a copy it writes over: in a file they leave
+        their memory to that work (one layer's moments and one working matrix, not two d×d matrices at once)."""
+        spill = SpillFile()
+        self.gram = spill.spill(self.gram) if isinstance(self.gram, torch.Tensor) else self.gram
+        self.cross = spill.spill(self.cross) if isinstance(self.cross, torch.Tensor) else self.cross
 
     @property
     def target_mean(self) -> torch.Tensor:

@@ -27,6 +27,7 @@ from ..config import PruningConfig
 from ..errors import ConfigError
 from ..registry import COMPENSATIONS
 from ..report import LayerSummary, PruningReport
+from ..runtime.offload import has_offloaded_weights
 from .compensation import Compensation, choose_groups, compensate, compensate_scope
 from .relabel import as_pruned_model
 from .surgery import apply_plan
@@ -149,6 +150,9 @@ def _cut_on_walk(model: nn.Module, plan: PruningPlan, scopes: list[PrunableScope
     for position, scope in enumerate(pending):
         if stats is None:  # one pass gathers every consumer's input still to come
             stats = walk.statistics(layer, pending[position:], gram=compensation.second_moments)
+            if has_offloaded_weights(model):  # held to one layer: the d×d moments in a file, their memory for OBS
+                for channels in stats.channels.values():
+                    channels.spill_second_moments()
         choose_groups(model, plan.kept, [scope], stats, compensation)
         # popped: a consumer's d×d second moments are freed once it is refit, before the next consumer's are worked on
         compensate_scope(model, scope, plan.kept[scope.name], stats.channels.pop(scope.name), compensation)

@@ -19,8 +19,9 @@ weights): SlimGPT's group-wise removal for the same reason — one downdate of H
 each, so an 8B down_proj (d = 14336, 5000 neurons removed at 35%) takes ROUNDS rank-m updates instead of 5000
 rank-1 ones. The search measures its candidates with least squares on the criterion's choice; the final cut makes
 this choice within the counts the search picked. Asymmetric refits (``--refit-on asymmetric``) choose on the
-pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (formed over the
-covariance where it lies, :mod:`.linalg`), and the consumer's weight in float64.
+pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (formed over a copy of
+the covariance where it lies, :mod:`.linalg`; with the statistics spilled to a file, in the memory they held), and
+the consumer's weight in float64.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 from ...calibration.statistics import ChannelStatistics
 from ..surgery import block_indices
+from ...runtime.spilled import working_copy
 from .linalg import cholesky_in_place, inverse_in_place
 from .lstsq import DAMPING, LeastSquaresCompensation
 
@@ -78,7 +80,7 @@ def _damped_inverse_covariance(channels: ChannelStatistics, damping: float) -> t
     """(Σ + λI)⁻¹ of the centred second moments, λ = ``damping`` × their mean diagonal (lstsq's ridge)."""
     count = float(channels.count)
     mean = channels.total / count
-    covariance = channels.gram / count
+    covariance = working_copy(channels.gram).div_(count)  # written over from here on: Σ, then its factor, then Σ⁻¹
     covariance.addr_(mean, mean, alpha=-1.0)  # in place: an outer product would be one more d×d matrix
     covariance.diagonal().add_(damping * float(covariance.diagonal().mean()))
     info = cholesky_in_place(covariance)
