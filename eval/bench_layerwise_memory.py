@@ -331,6 +331,9 @@ def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
     # one of the weight's output rows in float64 (hf_prune/cut/compensation/lstsq.py)
     blocks = (ROWS_PER_BLOCK + OUTPUTS_PER_BLOCK) * inner
     terms["lstsq_working_mb"] = ((inner + 1) ** 2 + (inner + 1) * hidden + blocks) * 8 / 2**20 if search else 0.0
+    # OBS at the cut (compensate: obs): a copy of the moments written over by their inverse, the weight in float64
+    obs = recipe_value(args.recipe, "compensate", "lstsq") == "obs"
+    terms["obs_working_mb"] = (inner * inner + inner * hidden) * 8 / 2**20 if obs else 0.0
     return terms
 
 
@@ -342,18 +345,20 @@ def describe_bound(meta: dict, layerwise: dict | None) -> list[str]:
              + (f" (measured: {layerwise['added_mb']:.0f} MB added, "
                 f"{'within' if layerwise['added_mb'] <= meta['bound_mb'] else 'ABOVE'} it)." if layerwise else ".")]
     if meta["search_candidates"]:
-        lines.append(f"Not in the bound, the search's own: the dense log-probabilities of its cost rows "
-                     f"({meta['search_reference_mb']:.0f} MB) and, at the last layer of the sweep, one activation of "
-                     f"its cost rows per candidate carried to the end ({meta['search_candidates']} candidates: "
-                     f"{meta['search_streams_mb']:.0f} MB).")
-        lines.append(f"Nor the least-squares working set of the widest consumer (its system, the right-hand side the "
-                     f"solution is written over, float64 blocks of the moments and the weight: at most "
-                     f"{meta.get('lstsq_working_mb', 0):.0f} MB)"
-                     + (f" or the untied LM head in float32 ({meta['untied_head_mb']:.0f} MB)"
-                        if meta.get("untied_head_mb") else "")
-                     + f": with them, {meta['bound_mb'] + meta.get('lstsq_working_mb', 0) + meta.get('untied_head_mb', 0) + meta['search_reference_mb'] + meta['search_streams_mb']:.0f} MB.")
+        held = [f"the least-squares system of the widest consumer at its widest, its right-hand side and blocks "
+                f"({meta.get('lstsq_working_mb', 0):.0f} MB)"]
+        if meta.get("obs_working_mb"):
+            held.append(f"OBS's copy of the moments that its inverse is written over, and the weight in float64 "
+                        f"({meta['obs_working_mb']:.0f} MB)")
+        lines.append("Held beside the layer while its moments are in a file (--layerwise spills them once gathered, "
+                     "so this memory takes the moments' place): " + "; ".join(held) + ".")
+        lines.append(f"Held while a KL is measured, when no layer, moments or embedding table is: "
+                     + (f"the untied LM head in float32 ({meta['untied_head_mb']:.0f} MB), " if meta.get("untied_head_mb")
+                        else "") + f"one activation of the cost rows per probe carried to the end "
+                     f"({meta['search_candidates']} probes: {meta['search_streams_mb']:.0f} MB). The dense "
+                     f"log-probabilities of the cost rows ({meta['search_reference_mb']:.0f} MB) are kept in a file "
+                     "with --layerwise, read a block of tokens at a time.")
     return lines
-
 
 if __name__ == "__main__":
     main()
