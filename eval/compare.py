@@ -169,11 +169,20 @@ def search_method(compensate: str = "none", refit_on: str = "pruned", sequential
         config = PruningConfig.from_dict(dict(
             target="search", sparsity=sparsity, importance="activation", compensate=compensate, refit_on=refit_on,
             calibration="reference", seed=ctx.seed, search_rows=ctx.held_out.shape[0], sequential=sequential,
-            search_costs=costs, **ctx.search))
+            search_costs=costs, **_search_options(ctx, costs)))
         rows = torch.cat([ctx.calibration, ctx.held_out])  # make_plan holds out the last search_rows rows
         return outcome_of(ctx, config, make_plan(ctx.model, config, input_ids=rows, statistics=ctx.stats))
 
     return run
+
+
+def _search_options(ctx: Context, costs: str) -> dict:
+    """The search's settings of this comparison; the probes' rows apply to local costs only (global costs carry
+    every candidate on every row)."""
+    options = dict(ctx.search)
+    if costs != "local":
+        options.pop("search_probe_rows", None)
+    return options
 
 
 def peer(fn: Callable[[Context, float], common.BaselinePlan]) -> Callable:
@@ -429,7 +438,8 @@ def run_model(name: str, args: argparse.Namespace, progress: Progress) -> None:
               f"{time.perf_counter() - started:.0f}s", flush=True)
         hyperflux = {"steps": args.hyperflux_steps, "regrowth_steps": args.hyperflux_regrowth, "tick_every": 10,
                      "gate_lr": 0.01, "pressure_exponent": 3.0, "batch_size": 4, "row_len": args.hyperflux_row_len}
-        search = {"mlp_levels": args.search_mlp_levels, "refine_rounds": args.search_refine_rounds, "batch_size": 4}
+        search = {"mlp_levels": args.search_mlp_levels, "refine_rounds": args.search_refine_rounds, "batch_size": 4,
+                  "search_probe_rows": args.search_probe_rows}
         ctx = Context(model, tokenizer, scopes, adapter.decoder_layers(model), calibration, stats, seed,
                       args.batch_size, held_out, search, hyperflux)
         for label, sparsity in todo:
@@ -597,6 +607,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="Hyperflux trains on 4 rows of this many calibration tokens per step")
     parser.add_argument("--search-rows", type=int, default=4,
                         help="calibration rows after the scored ones on which the search measures costs")
+    parser.add_argument("--search-probe-rows", type=int, default=None,
+                        help="local costs: the first N search rows carry the probes to the last layer (default: all)")
     parser.add_argument("--search-mlp-levels", type=int, default=8, help="the search's first grid of MLP widths")
     parser.add_argument("--search-refine-rounds", type=int, default=2, help="the search's refinement rounds")
     parser.add_argument("--off-domain", metavar="SOURCE", default=None,

@@ -13,7 +13,8 @@ those two lines of the cards differ. Rewritten when ``--search-costs`` came: eve
 tensor byte-identical. Rewritten when the resumable state's flags (``--state-dir``, ``--resume``, ``--restart``) moved
 from the Hyperflux section to their own (``state``, read by Hyperflux and the search, and no longer recorded: a local
 path of one run is not part of what a checkpoint says about its pruning): every config and report lost
-``hyperflux.state_dir / resume / restart``, nothing else differed. Rewrite
+``hyperflux.state_dir / resume / restart``, nothing else differed. Rewritten when ``--search-probe-rows`` came: every
+config and report holds the new key (``search.probe_rows: null``), nothing else differed. Rewrite
 it only for such a change, and say in the commit what differed."""
 
 from __future__ import annotations

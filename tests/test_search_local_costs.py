@@ -75,7 +75,7 @@ def test_local_costs_scale_the_probes_measured_costs_by_the_local_change(calibra
         meter.set_base({})
         exact = meter.measure(requests, "test")
         exact_passes = meter.layer_passes
-        changes = [meter.local_change(scope, mask) for scope, _, mask in requests]
+        changes = [sum(meter.local_changes(scope, mask)) for scope, _, mask in requests]
     candidates = [Candidate(scope.name, count, scope.num_groups) for scope, count, _ in requests]
     probes = choose_probes(candidates, changes)
     expected = scaled_costs(candidates, changes, probes, {i: exact[i] for i in probes.values()})
@@ -117,3 +117,43 @@ def test_search_with_local_costs_meets_the_budget_and_finds_the_sequential_plan(
     assert plan.kept == make_plan(model, search_config(search_costs="local", compensate="lstsq", sequential=True),
                                   input_ids=calibration).kept
     assert plan.details["search_kl"] > 0
+
+
+def test_probes_on_fewer_rows_scale_from_the_local_change_measured_on_those_rows(calibration):
+    """--search-probe-rows: a probe's KL is measured on the first batch only and divided by its local change there;
+    every candidate's own change comes from all the rows: cost = KL_first(probe) x change_all(c)/N_all /
+    (change_first(probe)/N_first). In memory and in one sweep, the same numbers."""
+    model = make_model("llama", num_hidden_layers=6)
+    scopes, requests, _ = _requests(model)
+    rows = calibration[:4]
+    with CostMeter(model, get_adapter(model), scopes, rows[:2], 2) as first_batch:
+        first_batch.set_base({})
+        candidates = [Candidate(scope.name, count, scope.num_groups) for scope, count, _ in requests]
+        first = [sum(first_batch.local_changes(scope, mask)) for scope, _, mask in requests]
+        with CostMeter(model, get_adapter(model), scopes, rows, 2) as every_row:
+            every_row.set_base({})
+            changes = [sum(every_row.local_changes(scope, mask)) for scope, _, mask in requests]
+        probes = choose_probes(candidates, changes)
+        probe_kl = {i: first_batch.cost(*requests[i][::2]) for i in probes.values()}
+    expected = [probe_kl[probes[c.family]] * change / first[probes[c.family]] / 2 if c.family in probes else 0.0
+                for c, change in zip(candidates, changes)]
+    in_memory, _ = _local_table(model, CostMeter, rows, probe_rows=2)
+    assert in_memory[: len(requests)] == pytest.approx(expected, rel=1e-5, abs=1e-8)
+    sweep, _ = _local_table(model, SweepCostMeter, rows, probe_rows=2)
+    assert sweep == pytest.approx(in_memory, rel=1e-4, abs=1e-7)
+
+
+def test_probes_on_every_row_are_the_default_numbers(calibration):
+    model = make_model("llama", num_hidden_layers=4)
+    assert _local_table(model, SweepCostMeter, calibration[:4], probe_rows=4) == \
+        _local_table(model, SweepCostMeter, calibration[:4])
+
+
+def test_probe_rows_are_refused_without_local_costs_and_beyond_the_search_rows():
+    from hf_prune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="add --search-costs local"):
+        search_config(search_probe_rows=1)
+    with pytest.raises(ConfigError, match="more than --search-rows"):
+        search_config(search_costs="local", search_probe_rows=3)
+    assert search_config(search_costs="local", search_probe_rows=1).search.probe_rows == 1

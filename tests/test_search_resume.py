@@ -48,14 +48,16 @@ def _offloaded(model):
     return model
 
 
-@pytest.mark.parametrize("costs, compensate, offload", [("global", "none", False), ("local", "lstsq", False),
-                                                        ("global", "lstsq", True)])
+@pytest.mark.parametrize("costs, compensate, offload, probe_rows", [
+    ("global", "none", False, None), ("local", "lstsq", False, None), ("global", "lstsq", True, None),
+    ("local", "lstsq", True, 1)])
 def test_a_killed_sweep_resumes_to_the_uninterrupted_plan(calibration, tmp_path, monkeypatch, costs, compensate,
-                                                          offload):
+                                                          offload, probe_rows):
     """Killed in the middle of the first cost table (its base call finished, layers 0-1 of the sweep written): the
     resumed run replays the base, goes on from layer 2 and ends where the uninterrupted run ends — in memory and
-    offloaded layer by layer (as --layerwise runs it)."""
-    options = dict(sequential=True, search_costs=costs, compensate=compensate)
+    offloaded layer by layer (as --layerwise runs it); with the probes on one of the two rows, the replayed base
+    brings back its KL on that row too."""
+    options = dict(sequential=True, search_costs=costs, compensate=compensate, search_probe_rows=probe_rows)
     expected = make_plan(make_model("llama"), search_config(**options), input_ids=calibration)
     monkeypatch.setattr(journal, "SWEEP_CHECKPOINT_SECONDS", 0.0)  # write at every layer boundary
 

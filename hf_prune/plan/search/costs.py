@@ -23,6 +23,7 @@ of their own layer's output and only one probe per scope and direction through t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -50,12 +51,21 @@ class CostMeter(AbstractContextManager):
     """
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, scopes: Sequence[PrunableScope],
-                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None):
+                 rows: torch.Tensor, batch_size: int = 1, compensation: TemporaryCompensation | None = None,
+                 probe_rows: int | None = None):
         self.model, self.adapter = model, adapter
         self.layers = adapter.decoder_layers(model)
         self.scopes = {scope.name: scope for scope in scopes}
         self.batch_size = batch_size
-        self.batches = list(rows.split(batch_size))
+        # local costs: the probes are carried to the end on the first rows only (--search-probe-rows), whole batches
+        # of them: the held-out rows are batched so that those rows end a batch
+        held_out_batch = batch_size if probe_rows is None else math.gcd(batch_size, probe_rows)
+        self.batches = list(rows.split(held_out_batch))
+        self.probe_batches = len(self.batches) if probe_rows is None else min(len(self.batches),
+                                                                              probe_rows // held_out_batch)
+        self.probe_share = (sum(b.numel() for b in self.batches[:self.probe_batches])
+                            / sum(b.numel() for b in self.batches))
+        self.base_kl_probe = 0.0  # the plan's KL on the probes' batches (= base_kl when they are all the batches)
         device = execution_device(model)
         self.current = {name: torch.ones(scope.num_groups, device=device) for name, scope in self.scopes.items()}
         self._hooks = GroupMasks(model, scopes, {name: self._live(name) for name in self.scopes})
@@ -107,11 +117,18 @@ class CostMeter(AbstractContextManager):
         """The dense model's next-token log-probabilities on the held-out rows, per batch (set by the first base)."""
         return [in_memory(rows) for rows in self._reference]
 
-    def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor]) -> None:
-        """Bring a fresh meter to the base a journaled run had reached (``set_base(masks)`` returned ``kl`` there),
-        given the dense reference it had computed: in memory, the base's layer inputs are cached again."""
+    def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor],
+                     probe_kl: float | None = None) -> None:
+        """Bring a fresh meter to the base a journaled run had reached (``set_base(masks)`` returned ``kl`` there,
+        ``probe_kl`` on the probes' rows), given the dense reference it had computed: in memory, the base's layer
+        inputs are cached again."""
         self._take_reference(reference)
         self.set_base(masks)
+
+    @property
+    def probes_subset(self) -> bool:
+        """Whether the probes run on fewer batches than the candidates' local changes."""
+        return self.probe_batches < len(self.batches)
 
     def _take_reference(self, reference: list[torch.Tensor]) -> None:
         device = execution_device(self.model)
@@ -135,6 +152,16 @@ class CostMeter(AbstractContextManager):
             self.layer_passes += len(self.layers) - scope.layer
             return self._kl(hidden) - self.base_kl
 
+    @torch.no_grad()
+    def probe_cost(self, scope: PrunableScope, mask: torch.Tensor) -> float:
+        """:meth:`cost` on the probes' batches only (all of them unless ``probe_rows`` was given)."""
+        with self._changed(scope, mask):
+            hidden = self._inputs[scope.layer][:self.probe_batches]
+            for layer in self.layers[scope.layer:]:
+                hidden = self._layer(layer, hidden)
+            self.layer_passes += len(self.layers) - scope.layer
+            return self._kl(hidden) - self.base_kl_probe
+
     def _set_current(self, masks: Mapping[str, torch.Tensor]) -> None:
         for name, mask in self.current.items():
             mask.copy_(masks[name] if name in masks else torch.ones_like(mask))
@@ -152,6 +179,7 @@ class CostMeter(AbstractContextManager):
         if not self._reference:  # the first base is the dense model: its distribution is the reference
             self._reference = [self._keep(self._reference_of(hidden)) for hidden in final_hidden]
         self.base_kl = self._kl(final_hidden)
+        self.base_kl_probe = self._kl(final_hidden[:self.probe_batches]) if self.probes_subset else self.base_kl
         return self.base_kl
 
     @contextmanager
@@ -182,33 +210,46 @@ class CostMeter(AbstractContextManager):
         if not local:
             return self._measure_each(requests, desc)
         with tqdm(total=len(requests), desc=f"{desc} (local)", unit="layer", leave=False) as bar:
-            changes = []
+            per_batch = []
             for scope, _, mask in requests:
-                changes.append(self.local_change(scope, mask))
+                per_batch.append(self.local_changes(scope, mask))
                 bar.update()
         candidates = self._candidates(requests)
-        probes = choose_probes(candidates, changes)
+        changes, probe_changes = self._split_changes(per_batch)
+        probes = choose_probes(candidates, _changed_on_both(changes, probe_changes))
         probe_requests = [requests[index] for index in probes.values()]
-        probe_costs = dict(zip(probes.values(), self._measure_each(probe_requests, f"{desc} (probes)")))
-        return scaled_costs(candidates, changes, probes, probe_costs)
+        probe_costs = dict(zip(probes.values(), self._measure_each(probe_requests, f"{desc} (probes)",
+                                                                   cost=self.probe_cost)))
+        return self._scaled(candidates, changes, probe_changes, probes, probe_costs)
 
-    def _measure_each(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str) -> list[float]:
+    def _split_changes(self, per_batch: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+        """Per candidate: its squared change summed over all batches, and over the probes' batches."""
+        return [sum(c) for c in per_batch], [sum(c[:self.probe_batches]) for c in per_batch]
+
+    def _scaled(self, candidates, changes, probe_changes, probes, probe_costs) -> list[float]:
+        if not self.probes_subset:
+            return scaled_costs(candidates, changes, probes, probe_costs)
+        return scaled_costs(candidates, changes, probes, probe_costs, probe_local=probe_changes, share=self.probe_share)
+
+    def _measure_each(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str,
+                      cost=None) -> list[float]:
+        cost = cost or self.cost
         work = [len(self.layers) - scope.layer for scope, _, _ in requests]
         costs = []
         with tqdm(total=sum(work), desc=desc, unit="layer", leave=False) as bar:
             for (scope, _, mask), passes in zip(requests, work):
-                costs.append(self.cost(scope, mask))
+                costs.append(cost(scope, mask))
                 bar.update(passes)
         return costs
 
     @torch.no_grad()
-    def local_change(self, scope: PrunableScope, mask: torch.Tensor) -> float:
-        """Squared change of ``scope``'s layer output on the held-out rows when ``scope`` gets ``mask``."""
+    def local_changes(self, scope: PrunableScope, mask: torch.Tensor) -> list[float]:
+        """Squared change of ``scope``'s layer output, per batch of held-out rows, when ``scope`` gets ``mask``."""
         with self._changed(scope, mask):
             output = self._layer(self.layers[scope.layer], self._inputs[scope.layer])
         self.layer_passes += 1
         following = scope.layer + 1
-        return squared_change(output, self._inputs[following] if following < len(self.layers) else self._final)
+        return squared_changes(output, self._inputs[following] if following < len(self.layers) else self._final)
 
     def _candidates(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]]) -> list[Candidate]:
         return [Candidate(scope.name, int(mask.sum()), int(self.current[scope.name].sum()))
@@ -247,9 +288,15 @@ class CostMeter(AbstractContextManager):
         return total / tokens
 
 
-def squared_change(outputs: list[torch.Tensor], planned: list[torch.Tensor]) -> float:
-    """Sum over batches of the squared difference of two lists of hidden states."""
-    return sum(float((output.float() - plan.float()).pow(2).sum()) for output, plan in zip(outputs, planned))
+def squared_changes(outputs: list[torch.Tensor], planned: list[torch.Tensor]) -> list[float]:
+    """Per batch, the squared difference of two lists of hidden states."""
+    return [float((output.float() - plan.float()).pow(2).sum()) for output, plan in zip(outputs, planned)]
+
+
+def _changed_on_both(changes: Sequence[float], probe_changes: Sequence[float]) -> list[float]:
+    """The changes, zeroed where a candidate changes nothing on the probes' rows: a probe must change something
+    there, or its factor from local change to KL is 0 / 0."""
+    return [change if on_probe_rows > 0 else 0.0 for change, on_probe_rows in zip(changes, probe_changes)]
 
 
 def stash(batches: list[torch.Tensor], spill: SpillFile | None) -> list[torch.Tensor | SpilledRows]:
@@ -277,6 +324,7 @@ class _Sweep:
     streams: list[list[torch.Tensor] | None]
     changes: list[float]
     probes: dict[tuple[str, str], int]
+    probe_changes: list[float]  # the local changes on the probes' batches (= changes when those are all)
 
 
 class SweepCostMeter(CostMeter):
@@ -345,33 +393,37 @@ class SweepCostMeter(CostMeter):
         with resident(self._outside):
             return self._set_base_kl(hidden)
 
-    def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor]) -> None:
+    def restore_base(self, masks: Mapping[str, torch.Tensor], kl: float, reference: list[torch.Tensor],
+                     probe_kl: float | None = None) -> None:
         """A sweep caches nothing per base: the plan, its KL and the dense reference are the whole state."""
         self._take_reference(reference)
         self._set_current(masks)
         self.base_kl = kl
+        self.base_kl_probe = kl if probe_kl is None else probe_kl
 
     @torch.no_grad()
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str,
                 local: bool = False, checkpoint: SweepCheckpoint | None = None) -> list[float]:
         candidates = self._candidates(requests)
         sweep = self._sweep(requests, desc, candidates if local else None, checkpoint)
+        base_kl = self.base_kl_probe if local else self.base_kl  # local: the probes ran on the probes' batches
         with resident(self._outside):
-            measured = {index: self._kl(unstash(stream)) - self.base_kl
+            measured = {index: self._kl(unstash(stream)) - base_kl
                         for index, stream in enumerate(sweep.streams) if stream is not None}
         if not local:
             return [measured[index] for index in range(len(requests))]
-        return scaled_costs(candidates, sweep.changes, sweep.probes, measured)
+        return self._scaled(candidates, sweep.changes, sweep.probe_changes, sweep.probes, measured)
 
     def _sweep(self, requests, desc: str | None, local: list[Candidate] | None = None,
                checkpoint: SweepCheckpoint | None = None) -> _Sweep:
         """One pass over the layers: the plan's activations and, per request, the activations after its scope's
         layer with only that scope changed, carried to the end. With ``local`` (the requests' candidates), every
-        request's :func:`squared_change` at its layer is recorded and only the probes are carried on. With a
+        request's :func:`squared_changes` at its layer is recorded and only the probes are carried on. With a
         ``checkpoint``, the pass starts where an interrupted one stopped, writes its state at layer boundaries
         every so often, and Ctrl-C stops it at the next boundary with the state written."""
         base = self._first_inputs()  # also the layers' other arguments (positions, masks), resumed or not
-        sweep = _Sweep(final=[], streams=[None] * len(requests), changes=[0.0] * len(requests), probes={})
+        sweep = _Sweep(final=[], streams=[None] * len(requests), changes=[0.0] * len(requests), probes={},
+                       probe_changes=[0.0] * len(requests))
         by_layer: dict[int, list[int]] = {}
         for index, (scope, _, _) in enumerate(requests):
             by_layer.setdefault(scope.layer, []).append(index)
@@ -401,7 +453,7 @@ class SweepCostMeter(CostMeter):
                         with self._changed(scope, mask):
                             streams[i] = self._layer(layer, base)
                     if local is not None:
-                        self._keep_probes(sweep, here, local, planned)
+                        self._keep_probes(sweep, here, local, planned, self.probe_batches)
                     for i in here:
                         if streams[i] is not None:
                             streams[i] = stash(streams[i], spill)
@@ -410,7 +462,7 @@ class SweepCostMeter(CostMeter):
                         walk.advance(layer)  # the calibration rows on through the layer as in the plan
                 candidates = len(started) + len(here)
                 self.layer_passes += candidates
-                bar.update(candidates + 1)
+                bar.update(len(started) * self._stream_share(local) + len(here) + 1)
                 if checkpoint is not None and index + 1 < len(self.layers) and (stop.requested or checkpoint.due()):
                     checkpoint.write(lambda: self._state(index, base, sweep, walk, passes_before))
                     if stop.requested:
@@ -423,7 +475,7 @@ class SweepCostMeter(CostMeter):
         tensors = {"base": base, "walk": walk.hidden_states() if walk is not None else None}
         tensors.update({f"stream/{i}": unstash(stream) for i, stream in enumerate(sweep.streams) if stream is not None})
         record = {"changes": sweep.changes, "probes": [[*family, i] for family, i in sweep.probes.items()],
-                  "passes": self.layer_passes - passes_before}
+                  "probe_changes": sweep.probe_changes, "passes": self.layer_passes - passes_before}
         return SweepState(index, tensors, record)
 
     def _resume(self, sweep: _Sweep, walk: LayerWalk | None, saved: SweepState, passes_before: int):
@@ -436,21 +488,29 @@ class SweepCostMeter(CostMeter):
         if walk is not None:
             walk.restore_hidden_states([t.to(execution_device(self.model)) for t in saved.tensors["walk"]])
         sweep.changes[:] = saved.record["changes"]
+        sweep.probe_changes[:] = saved.record.get("probe_changes", saved.record["changes"])
         sweep.probes.update({(scope, direction): i for scope, direction, i in saved.record["probes"]})
         self.layer_passes = passes_before + saved.record["passes"]
         return [t.to(device) for t in saved.tensors["base"]]
 
     @staticmethod
-    def _keep_probes(sweep: _Sweep, here: list[int], local: list[Candidate], planned: list[torch.Tensor]) -> None:
-        """Record the local change of this layer's candidates; carry on only the streams of their probes."""
+    def _keep_probes(sweep: _Sweep, here: list[int], local: list[Candidate], planned: list[torch.Tensor],
+                     probe_batches: int) -> None:
+        """Record the local change of this layer's candidates; carry on only the streams of their probes, on the
+        probes' batches."""
         for i in here:
-            sweep.changes[i] = squared_change(sweep.streams[i], planned)
-        probes = choose_probes([local[i] for i in here], [sweep.changes[i] for i in here])
+            per_batch = squared_changes(sweep.streams[i], planned)
+            sweep.changes[i], sweep.probe_changes[i] = sum(per_batch), sum(per_batch[:probe_batches])
+        changed = _changed_on_both([sweep.changes[i] for i in here], [sweep.probe_changes[i] for i in here])
+        probes = choose_probes([local[i] for i in here], changed)
         kept = {here[j] for j in probes.values()}
         sweep.probes.update({family: here[j] for family, j in probes.items()})
         for i in here:
-            if i not in kept:
-                sweep.streams[i] = None
+            sweep.streams[i] = sweep.streams[i][:probe_batches] if i in kept else None
+
+    def _stream_share(self, local: list[Candidate] | None) -> float:
+        """A carried stream's layer pass, in passes over all the batches (probes may run on fewer)."""
+        return self.probe_batches / len(self.batches) if local is not None else 1.0
 
     def _work(self, requests, local: list[Candidate] | None) -> int:
         """Layer passes of one sweep, for the ETA (with local costs: counting one probe per family)."""
@@ -459,7 +519,8 @@ class SweepCostMeter(CostMeter):
         first_layer = {}
         for (scope, _, _), candidate in zip(requests, local):
             first_layer[candidate.family] = scope.layer
-        return len(requests) + sum(len(self.layers) - 1 - layer for layer in first_layer.values()) + len(self.layers)
+        carried = sum(len(self.layers) - 1 - layer for layer in first_layer.values()) * self._stream_share(local)
+        return len(requests) + carried + len(self.layers)
 
     def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """``layer`` on every batch; the outputs go to CPU memory when the weights are offloaded."""

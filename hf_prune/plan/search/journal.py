@@ -181,7 +181,7 @@ class JournaledMeter:
     def __init__(self, meter, journal: SearchJournal):
         self.meter, self.journal = meter, journal
         self.scopes = meter.scopes
-        self._pending: tuple[Mapping[str, torch.Tensor], float] | None = None
+        self._pending: tuple[Mapping[str, torch.Tensor], float, float] | None = None
         self._replayed_passes = 0
 
     def __enter__(self) -> "JournaledMeter":
@@ -199,14 +199,16 @@ class JournaledMeter:
         key = masks_key(masks)
         saved = self.journal.replay("base", key)
         if saved is not None:
-            self._pending, self._replayed_passes = (masks, saved["kl"]), self._replayed_passes + saved["passes"]
+            probe_kl = saved.get("probe_kl", saved["kl"])
+            self._pending, self._replayed_passes = (masks, saved["kl"], probe_kl), self._replayed_passes + saved["passes"]
             return saved["kl"]
         self._bring_to_base()
         first = not self.journal.calls
         before = self.meter.layer_passes
         kl = self.meter.set_base(masks, checkpoint=self.journal.checkpoint())
         self.journal.record("base", key, self.meter.layer_passes - before,
-                            reference=self.meter.reference if first else None, kl=kl)
+                            reference=self.meter.reference if first else None, kl=kl,
+                            probe_kl=self.meter.base_kl_probe)
         return kl
 
     def measure(self, requests: Sequence[Request], desc: str, local: bool = False) -> list[float]:
@@ -223,6 +225,6 @@ class JournaledMeter:
 
     def _bring_to_base(self) -> None:
         if self._pending is not None:
-            masks, kl = self._pending
-            self.meter.restore_base(masks, kl, self.journal.reference())
+            masks, kl, probe_kl = self._pending
+            self.meter.restore_base(masks, kl, self.journal.reference(), probe_kl)
             self._pending = None

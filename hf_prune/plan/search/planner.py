@@ -193,9 +193,10 @@ def _bare_meter(request: AllocationRequest) -> CostMeter:
         compensation = TemporaryCompensation(model, request.scopes, statistics, COMPENSATIONS[config.compensate]())
     if sweep:
         return SweepCostMeter(model, adapter, adapter.scopes(model), request.held_out_rows,
-                              config.calibration.batch_size, compensation, calibration_rows=request.rows)
+                              config.calibration.batch_size, compensation, calibration_rows=request.rows,
+                              probe_rows=config.search.probe_rows)
     return CostMeter(model, adapter, adapter.scopes(model), request.held_out_rows, config.calibration.batch_size,
-                     compensation)
+                     compensation, probe_rows=config.search.probe_rows)
 
 
 class _Search:
@@ -222,8 +223,8 @@ class _Search:
         # the first table does not depend on the budget: measured once per statistics object, so pruning
         # one scored model at several budgets (make_plan(..., statistics=...)) pays for it once
         cache = request.statistics.derived if request.statistics is not None else {}
-        key = ("search-costs", options.costs, request.config.importance, request.config.compensate, options.mlp_levels,
-               self.multiple, tuple(scope.name for scope in request.scopes),
+        key = ("search-costs", options.costs, options.probe_rows, request.config.importance, request.config.compensate,
+               options.mlp_levels, self.multiple, tuple(scope.name for scope in request.scopes),
                hash(request.held_out_rows.cpu().numpy().tobytes()))
         if key not in cache:
             cache[key] = meter.measure(requests, "search: measuring costs", local=options.costs == "local")

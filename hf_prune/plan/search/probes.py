@@ -25,6 +25,11 @@ with the refinement's candidates all measured: ``eval/results/local_costs_quarti
 ``local_costs_first_table_only.json``.)
 A scope whose candidates change nothing costs nothing.
 
+Carrying a probe to the last layer is the part of the search that grows with the square of the depth: one layer
+pass per probe per later layer, where every candidate's local change is one pass. ``--search-probe-rows`` carries
+the probes on the first of the held-out rows only: the factor is a ratio of two numbers measured on the same rows,
+so it needs fewer tokens than the changes it scales, which are still measured on every row.
+
 Removing a sublayer whole is always measured (it is its own family): there the proportionality breaks down.
 In development measurements of SmolLM2's first table (not kept in eval/results), the whole MLP's cost scaled
 from the probe came out anywhere from 0.3× to 200× the measured one, and the knapsack picks exactly the
@@ -70,16 +75,22 @@ def choose_probes(candidates: Sequence[Candidate], local: Sequence[float]) -> di
 
 
 def scaled_costs(candidates: Sequence[Candidate], local: Sequence[float],
-                 probes: dict[tuple[str, str], int], probe_costs: dict[int, float]) -> list[float]:
-    """Every candidate's cost: a probe's measured cost; any other's, its probe's cost times the ratio of the
-    two local changes (0 where the candidate's family has no probe: it changes nothing)."""
+                 probes: dict[tuple[str, str], int], probe_costs: dict[int, float],
+                 probe_local: Sequence[float] | None = None, share: float = 1.0) -> list[float]:
+    """Every candidate's cost: its probe's measured cost times the ratio of the two local changes (the probe's own
+    cost where that ratio is 1; 0 where the candidate's family has no probe: it changes nothing).
+
+    When the probes ran on a part of the rows (``--search-probe-rows``), ``probe_local`` are the probes' local
+    changes on that part and ``share`` its fraction of the tokens: the factor from local change to KL is read where
+    the probe's KL was measured, and every candidate's own change (the probe's too) on all the rows."""
+    probe_local = local if probe_local is None else probe_local
     costs = []
     for index, (candidate, change) in enumerate(zip(candidates, local)):
         probe = probes.get(candidate.family)
         if probe is None:
             costs.append(0.0)
-        elif index == probe:
+        elif index == probe and probe_local is local:
             costs.append(probe_costs[probe])
         else:
-            costs.append(probe_costs[probe] * change / local[probe])
+            costs.append(probe_costs[probe] * change / probe_local[probe] * share)
     return costs
