@@ -323,7 +323,11 @@ def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
     terms["bound_mb"] = sum(terms.values())
     terms["search_reference_mb"] = search_tokens * vocab * 4 / 2**20  # the dense log-probabilities of the cost rows
     terms["search_candidates"] = candidates if search else 0
-    terms["search_streams_mb"] = candidates * search_tokens * hidden * 4 / 2**20  # one activation per candidate
+    stream_tokens = search_tokens
+    if search and recipe_value(args.recipe, "search_costs", "global") == "local":  # the probes' rows only
+        stream_tokens = int(recipe_value(args.recipe, "search_probe_rows", recipe_value(args.recipe, "search_rows")))
+        stream_tokens *= args.seq_len
+    terms["search_streams_mb"] = candidates * stream_tokens * hidden * 4 / 2**20  # one activation per candidate
     # an untied LM head is a second vocabulary table, resident while the search scores its cost rows
     terms["untied_head_mb"] = 0.0 if config.tie_word_embeddings else vocab * hidden * 4 / 2**20
     # least squares of the widest consumer (down_proj), at most every column kept: the (k+1)² system factored in
