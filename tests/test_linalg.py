@@ -48,3 +48,27 @@ def test_a_matrix_that_is_not_positive_definite_is_reported_not_factored():
     matrix = spd(6)
     matrix[3, 3] = -1.0
     assert cholesky_in_place(matrix) == 4  # LAPACK's info: the leading minor of order 4
+
+
+def test_a_search_refit_reuses_the_projected_moments_and_gives_the_refit_of_its_own(monkeypatch):
+    """Refits of one consumer for several widths (the search) form moments @ Wᵀ once and gather their rows: the same
+    weights and bias as a refit that forms its own right-hand side, to rounding."""
+    from hf_prune.calibration.statistics import ChannelStatistics
+    from hf_prune.cut.compensation import lstsq
+
+    torch.manual_seed(0)
+    channels = ChannelStatistics.zeros(600, gram=True)
+    channels.update(torch.randn(2000, 600) @ torch.randn(600, 600) / 20)
+    weight = torch.randn(48, 600)
+    formed = []
+    original = lstsq._projected
+    monkeypatch.setattr(lstsq, "_projected",
+                        lambda moments, dense, derived: formed.append("projected" not in derived) or
+                        original(moments, dense, derived))
+    derived = {}
+    for keep in (torch.arange(0, 600, 2), torch.arange(300), torch.arange(599, -1, -3).flip(0)):
+        own = lstsq.least_squares_weights(weight, keep, channels)
+        reused = lstsq.least_squares_weights(weight, keep, channels, derived=derived)
+        for a, b in zip(own, reused):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    assert formed == [True, False, False] and list(derived) == ["projected"] and derived["projected"].shape == (600, 48)

@@ -32,10 +32,14 @@ class Compensation(ABC):
 
     @abstractmethod
     def refit(self, weight: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
-              channels: ChannelStatistics) -> tuple[torch.Tensor | None, torch.Tensor]:
+              channels: ChannelStatistics, derived: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """For the dense ``weight`` ``[out, in]`` and the ``kept`` / ``removed`` input column indices (on the
         weight's device): (new values of the kept columns ``[out, k]``, or None when they stay, and the bias shift
-        ``[out]``), both float64."""
+        ``[out]``), both float64.
+
+        ``derived``, when given, is the method's to keep what it computes from ``weight`` and ``channels`` alone
+        between calls: the search refits one consumer, with the same weight and statistics, for every candidate
+        width of its scope."""
 
     def choose(self, weight: torch.Tensor, block: int, keep: Sequence[int],
                channels: ChannelStatistics) -> list[int]:
@@ -105,6 +109,7 @@ class TemporaryCompensation(AbstractContextManager):
         self.scopes = {scope.name: scope for scope in scopes}
         self._dense: dict[str, torch.Tensor] = {}
         self._shift: dict[str, torch.Tensor] = {}
+        self._derived: dict[str, dict] = {}  # per scope: what the method keeps between refits (Compensation.refit)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> "TemporaryCompensation":
@@ -125,7 +130,12 @@ class TemporaryCompensation(AbstractContextManager):
             self._dense[scope.name] = consumer.weight.detach().clone()
         dense = self._dense[scope.name]
         kept, removed = _columns(scope, kept_groups, dense.device)
-        new_columns, shift = self.compensation.refit(dense, kept, removed, self.stats.channels[scope.name])
+        channels = self.stats.channels[scope.name]
+        derived = self._derived.setdefault(scope.name, {})
+        if derived.get("channels") is not channels:  # new statistics: nothing derived from the old ones holds
+            derived.clear()
+            derived["channels"] = channels
+        new_columns, shift = self.compensation.refit(dense, kept, removed, channels, derived)
         consumer.weight.copy_(dense)  # written in place: a consumer-sized copy is 235 MB on Llama-3.1-8B
         if new_columns is not None:
             consumer.weight[:, kept] = new_columns.to(device=dense.device, dtype=dense.dtype)
@@ -135,6 +145,7 @@ class TemporaryCompensation(AbstractContextManager):
     def release(self, scope: PrunableScope) -> None:
         """Give ``scope``'s consumer back its dense weights and forget them (nothing when it has them)."""
         dense = self._dense.pop(scope.name, None)
+        self._derived.pop(scope.name, None)
         if dense is not None:
             self.model.get_submodule(scope.consumer.path).weight.copy_(dense)
         self._shift.pop(scope.name, None)

@@ -16,7 +16,7 @@ from .base import Compensation, compensate_scope
 
 class BiasCompensation(Compensation):
     def refit(self, weight: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
-              channels: ChannelStatistics) -> tuple[None, torch.Tensor]:
+              channels: ChannelStatistics, derived: dict | None = None) -> tuple[None, torch.Tensor]:
         removed_weight = weight.detach().index_select(1, removed).to(torch.float64)
         mean = channels.mean.to(device=weight.device, dtype=torch.float64)
         shift = removed_weight @ mean.index_select(0, removed)

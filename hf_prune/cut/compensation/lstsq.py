@@ -26,7 +26,8 @@ OUTPUTS_PER_BLOCK = 256
 
 
 def least_squares_weights(
-    weight: torch.Tensor, keep_columns: torch.Tensor, channels: ChannelStatistics, damping: float = DAMPING
+    weight: torch.Tensor, keep_columns: torch.Tensor, channels: ChannelStatistics, damping: float = DAMPING,
+    derived: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(new kept columns ``[out, k]``, bias shift ``[out]``) minimising E‖W y − (W'_K x_K + b')‖² on calibration
     data, where y is x itself or, when the statistics carry a target stream (``cross``), the dense model's input.
@@ -38,6 +39,11 @@ def least_squares_weights(
     over the right-hand side (Llama-3.1-8B's down_proj at 35%: 0.7 GB, where a general solve held three k×k
     matrices). The weight is read in float64 a block of output rows at a time (a float64 copy of Llama-3.1-8B's
     down_proj would be 0.47 GB more).
+
+    With ``derived`` (the search refitting one consumer for every width of its scope), the right-hand side of every
+    input row, moments @ Wᵀ (d × out float64: 0.47 GB for Llama-3.1-8B's down_proj), is formed once and kept there,
+    and each refit gathers its kept rows: forming it is the largest product of a refit (k × d × out), where the
+    k × k factorisation is k³/3.
     """
     if channels.gram is None:
         raise ValueError("least-squares compensation needs second moments: collect statistics with gram=True")
@@ -49,11 +55,16 @@ def least_squares_weights(
     moments = channels.cross if channels.cross is not None else channels.gram
     system = torch.empty(size + 1, size + 1, dtype=torch.float64)  # moments of [x_K; 1]
     right = column_major(size + 1, dense.shape[0], dtype=torch.float64)
+    projected = _projected(moments, dense, derived) if derived is not None else None
     start = 0
     for rows in kept.split(ROWS_PER_BLOCK):
         stop = start + rows.numel()
         block = channels.gram.index_select(0, rows)
         system[start:stop, :size] = block.index_select(1, kept)
+        if projected is not None:
+            right[start:stop] = projected.index_select(0, rows)
+            start = stop
+            continue
         if moments is not channels.gram:
             block = moments.index_select(0, rows)
         for outputs, weight_rows in _float64_row_blocks(dense):
@@ -75,6 +86,20 @@ def least_squares_weights(
     return solution[:size].T, solution[size]
 
 
+def _projected(moments, dense: torch.Tensor, derived: dict) -> torch.Tensor:
+    """moments @ Wᵀ for every input row, ``[d, out]`` float64, formed once per ``derived`` (a block of the moments'
+    rows at a time, so spilled moments are read as for one refit)."""
+    if "projected" not in derived:
+        projected = torch.empty(moments.shape[0], dense.shape[0], dtype=torch.float64)
+        for first in range(0, moments.shape[0], ROWS_PER_BLOCK):
+            rows = slice(first, min(first + ROWS_PER_BLOCK, moments.shape[0]))
+            block = moments[rows]
+            for outputs, weight_rows in _float64_row_blocks(dense):
+                projected[rows, outputs] = block @ weight_rows.T
+        derived["projected"] = projected
+    return derived["projected"]
+
+
 def _float64_row_blocks(weight: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
     """(output rows, those rows of ``weight`` in float64), OUTPUTS_PER_BLOCK rows at a time."""
     for first in range(0, weight.shape[0], OUTPUTS_PER_BLOCK):
@@ -86,5 +111,5 @@ class LeastSquaresCompensation(Compensation):
     second_moments = True
 
     def refit(self, weight: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor,
-              channels: ChannelStatistics) -> tuple[torch.Tensor, torch.Tensor]:
-        return least_squares_weights(weight, kept, channels)
+              channels: ChannelStatistics, derived: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return least_squares_weights(weight, kept, channels, derived=derived)
