@@ -359,13 +359,18 @@ class SweepCostMeter(CostMeter):
             super()._compensate(name)
 
     @contextmanager
-    def _compensated(self, index: int, layer: nn.Module, walk: LayerWalk | None) -> Iterator[None]:
-        """Inside: layer ``index``'s consumers compensated for the plan from statistics gathered on the walk's rows."""
+    def _compensated(self, index: int, layer: nn.Module, walk: LayerWalk | None, candidates: bool) -> Iterator[None]:
+        """Inside: layer ``index``'s consumers compensated for the plan from statistics gathered on the walk's rows.
+        Nothing is gathered where nothing is compensated: no candidate here (``candidates``) and the plan keeps the
+        layer whole (the dense base's pass; at Llama-3.1-8B, gathering is 1.8 GB of moments per layer)."""
         if walk is None:
             yield
             return
         compensation = self.compensation
         here = [scope for scope in compensation.scopes.values() if scope.layer == index]
+        if not candidates and all(bool((self.current[scope.name] == 1).all()) for scope in here):
+            yield
+            return
         plan = {scope.name: self.current[scope.name].clone() for scope in here}
         for scope in here:  # the statistics of the whole input: this layer's own masks off while gathering
             self.current[scope.name].fill_(1.0)
@@ -442,7 +447,7 @@ class SweepCostMeter(CostMeter):
                 if index < start:
                     continue
                 spill = SpillFile() if self.offloaded else None  # this layer's streams (the last layer's: gone with them)
-                with resident([layer]), self._compensated(index, layer, walk):
+                with resident([layer]), self._compensated(index, layer, walk, candidates=index in by_layer):
                     started = [i for i, stream in enumerate(streams) if stream is not None]
                     for i in started:  # candidates of earlier layers: this layer as in the plan
                         streams[i] = stash(self._layer(layer, unstash(streams[i])), spill)
