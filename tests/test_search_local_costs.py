@@ -157,3 +157,29 @@ def test_probe_rows_are_refused_without_local_costs_and_beyond_the_search_rows()
     with pytest.raises(ConfigError, match="more than --search-rows"):
         search_config(search_costs="local", search_probe_rows=3)
     assert search_config(search_costs="local", search_probe_rows=1).search.probe_rows == 1
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_the_change_of_a_scope_that_ends_its_layer_is_read_off_its_consumer(calibration, family):
+    """The MLP is the last thing a decoder layer adds to the residual stream: the change of the layer's output is the
+    change of down_proj's output, compensated or not — the same numbers as running the whole layer."""
+    import dataclasses
+
+    model = make_model(family, num_hidden_layers=3)
+    scopes, requests, mask = _requests(model)
+    ending = [(scope, m) for scope, _, m in requests if scope.ends_layer]
+    assert ending and all(scope.kind == "mlp" for scope, _ in ending)
+    compensation = TemporaryCompensation(model, scopes, CalibrationStatistics(), COMPENSATIONS["lstsq"]())
+    from hf_prune.calibration.statistics import collect_channel_statistics
+
+    compensation.stats = collect_channel_statistics(model, scopes, calibration[4:], batch_size=2, gram=True)
+    with CostMeter(model, get_adapter(model), scopes, calibration[:4], 2, compensation) as meter:
+        meter.set_base({})
+        meter.set_base({scopes[3].name: mask(scopes[3], scopes[3].num_groups // 2)})
+        changes = []
+        for scope, m in ending:
+            shortcut = meter.local_changes(scope, m)
+            whole_layer = meter.local_changes(dataclasses.replace(scope, ends_layer=False), m)
+            assert shortcut == pytest.approx(whole_layer, rel=1e-4, abs=1e-6)
+            changes.append(sum(shortcut))
+    assert sum(change > 0 for change in changes) == len(changes) - 1  # all but the plan's own width

@@ -49,6 +49,10 @@ class PrunableScope:
     consumer: LinearSlice
     unit: str  # what one group is called in reports: "kv_group", "neuron"
     sublayer: str = ""  # module path of the whole attention / MLP sublayer
+    #: the consumer's output is the last thing the layer adds to the residual stream (Llama's MLP): changing this
+    #: scope changes the layer's output by exactly the change of the consumer's output, so the search reads a
+    #: candidate's change of the layer's output off the consumer alone instead of running the whole layer
+    ends_layer: bool = False
 
     @property
     def name(self) -> str:

@@ -139,4 +139,5 @@ class LlamaLayoutAdapter(ModelAdapter):
             consumer=LinearSlice(f"{path}.down_proj", COLUMNS, 1),
             unit="neuron",
             sublayer=path,
+            ends_layer=True,  # decoder layer: h + attn(norm(h)), then + mlp(norm(.)) last
         )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +78,9 @@ class CostMeter(AbstractContextManager):
         self.layer_passes = 0
         self.compensation = compensation  # when given, every mask is measured with its compensation applied
         self._final: list[torch.Tensor] = []  # per batch: the plan's last hidden states (the last layer's output)
+        # (scope name, its consumer's raw inputs and the plan's outputs of it, per batch) for the scope of the layer
+        # whose candidates are being measured, when that scope ends its layer (local_changes)
+        self._tail: tuple[str, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def _live(self, name: str):
         return lambda: self.current[name]
@@ -104,6 +107,7 @@ class CostMeter(AbstractContextManager):
         around: cache every layer's inputs under it and return its KL from the dense model. (``checkpoint``: where
         a sweep writes its state; a call here is one forward, never written half-done.)"""
         self._set_current(masks)
+        self._tail = None
         hidden = self._first_inputs()
         self._inputs = []
         for layer in self.layers:
@@ -244,12 +248,29 @@ class CostMeter(AbstractContextManager):
 
     @torch.no_grad()
     def local_changes(self, scope: PrunableScope, mask: torch.Tensor) -> list[float]:
-        """Squared change of ``scope``'s layer output, per batch of held-out rows, when ``scope`` gets ``mask``."""
+        """Squared change of ``scope``'s layer output, per batch of held-out rows, when ``scope`` gets ``mask`` (read
+        off its consumer alone when the scope ends its layer: :meth:`_consumer_change`)."""
+        self.layer_passes += 1
+        if scope.ends_layer:
+            return squared_changes(*self._consumer_change(scope, mask))
         with self._changed(scope, mask):
             output = self._layer(self.layers[scope.layer], self._inputs[scope.layer])
-        self.layer_passes += 1
         following = scope.layer + 1
         return squared_changes(output, self._inputs[following] if following < len(self.layers) else self._final)
+
+    def _consumer_change(self, scope: PrunableScope, mask: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(the consumer's outputs with ``mask``, as in the plan), per batch, on the plan's inputs of the consumer: for
+        a scope that ends its layer their difference is the change of the layer's output. The consumer's inputs are
+        taken in one run of the layer and kept while the candidates of that scope are measured."""
+        consumer = self.model.get_submodule(scope.consumer.path)
+        if self._tail is None or self._tail[0] != scope.name:
+            self._tail = None  # the previous scope's inputs go before this one's are taken
+            with captured_inputs(consumer) as inputs:
+                self._layer(self.layers[scope.layer], self._inputs[scope.layer])
+            self._tail = (scope.name, inputs, [consumer(a) for a in inputs])
+        _, inputs, planned = self._tail
+        with self._changed(scope, mask):
+            return [consumer(a) for a in inputs], planned
 
     def _candidates(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]]) -> list[Candidate]:
         return [Candidate(scope.name, int(mask.sum()), int(self.current[scope.name].sum()))
@@ -286,6 +307,17 @@ class CostMeter(AbstractContextManager):
                 start += log_q.shape[0]
             tokens += start
         return total / tokens
+
+
+@contextmanager
+def captured_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The inputs ``module`` is called with inside the block, as they come (before any mask's pre-hook scales them)."""
+    inputs: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _, args: inputs.append(args[0]), prepend=True)
+    try:
+        yield inputs
+    finally:
+        handle.remove()
 
 
 def squared_changes(outputs: list[torch.Tensor], planned: list[torch.Tensor]) -> list[float]:
@@ -451,12 +483,24 @@ class SweepCostMeter(CostMeter):
                     started = [i for i, stream in enumerate(streams) if stream is not None]
                     for i in started:  # candidates of earlier layers: this layer as in the plan
                         streams[i] = stash(self._layer(layer, unstash(streams[i])), spill)
-                    planned = self._layer(layer, base)
                     here = by_layer.get(index, [])
+                    ending = {requests[i][0].name: requests[i][0] for i in here if requests[i][0].ends_layer}
+                    with ExitStack() as stack:  # the consumers' inputs of the scopes that end the layer
+                        inputs = {name: stack.enter_context(captured_inputs(self.model.get_submodule(
+                            scope.consumer.path))) for name, scope in ending.items()}
+                        planned = self._layer(layer, base)
+                    consumed = {name: [self.model.get_submodule(ending[name].consumer.path)(a) for a in batches]
+                                for name, batches in inputs.items()}  # the plan's outputs of those consumers
                     for i in here:  # this layer's candidates, from the plan's input
                         scope, _, mask = requests[i]
                         with self._changed(scope, mask):
-                            streams[i] = self._layer(layer, base)
+                            if scope.ends_layer:  # the plan's output plus the change of the consumer's
+                                consumer = self.model.get_submodule(scope.consumer.path)
+                                streams[i] = [p + (consumer(a) - q).to(p.device)
+                                              for p, a, q in zip(planned, inputs[scope.name], consumed[scope.name])]
+                            else:
+                                streams[i] = self._layer(layer, base)
+                    del inputs, consumed
                     if local is not None:
                         self._keep_probes(sweep, here, local, planned, self.probe_batches)
                     for i in here:
