@@ -21,6 +21,9 @@ reported beside it; seconds: the sum of all)::
     HF_HUB_OFFLINE=1 python eval/bench_layerwise_memory.py --shape llama-3.1-8b --modes layerwise --samples 4 \
         --seq-len 128 --recipe search-lstsq-recipe --workdir runs/llama-8b-recipe --name layerwise_memory_recipe_8b
 
+``--recipe search-lstsq-recipe-probe2`` is the same with ``--search-probe-rows 2`` (about 4x fewer of the search's
+layer passes at 8B; a little quality lost, README).
+
 Writes ``eval/results/layerwise_memory.{md,json}`` (``--name``).
 """
 
@@ -142,6 +145,10 @@ RECIPES = {
     "search-lstsq": ["--target", "search", "--units", "all", "--compensate", "lstsq", "--sparsity", "0.35",
                      "--search-rows", "2", "--mlp-levels", "4", "--refine-rounds", "1"],
     "search-lstsq-recipe": ["--recipe", "recipes/search-lstsq.yaml", "--sparsity", "0.35"],  # from the repository root
+    # the recipe with its probes carried on 2 of the 8 cost rows: the probes are the search's O(layers^2) part
+    # (~4x fewer layer passes); it costs some quality on SmolLM2 (README, --search-probe-rows)
+    "search-lstsq-recipe-probe2": ["--recipe", "recipes/search-lstsq.yaml", "--sparsity", "0.35",
+                                   "--search-probe-rows", "2"],
 }
 
 
