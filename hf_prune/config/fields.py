@@ -81,7 +81,10 @@ def refuse_unknown(keys: Iterable[str], known: Iterable[str], where: str) -> Non
 
 
 def nearest(key: str, known: list[str]) -> str:
-    """``; did you mean 'sparsity'?`` for the closest known key, or nothing when none is close."""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    close = close or [name for name in known if name.endswith("_" + key) or name.startswith(key + "_")][:1]
+    """``; did you mean 'sparsity'?`` for the closest known key, or nothing when none is close.
+
+    A key that is a known name less its prefix or suffix (``rows`` for ``search_rows``) is that name, the shortest
+    one where several fit (``search_rows`` rather than ``search_probe_rows``); otherwise the closest spelling."""
+    affixed = sorted((name for name in known if name.endswith("_" + key) or name.startswith(key + "_")), key=len)
+    close = affixed[:1] or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(known)}"
