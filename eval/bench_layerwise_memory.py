@@ -173,16 +173,27 @@ def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int,
             "--calibration", "builtin", "--calibration-samples", str(samples), "--seq-len", str(seq_len)]
     argv += ["--layerwise"] if layerwise else ["--sequential"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    if progress is not None:
-        env["HF_PRUNE_BENCH_PROGRESS"] = str(progress)
-        env["HF_PRUNE_BENCH_TREE"] = package_tree()
+    if progress is not None:  # a run of hours: hf-prune's own progress and ETA go to this bench's stderr as they come
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "30"),
+               "HF_PRUNE_BENCH_PROGRESS": str(progress), "HF_PRUNE_BENCH_TREE": package_tree()}
         if (output.parent / f"{output.name}.search-state").is_dir():
             argv.append("--resume")
-    result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env,
-                            cwd=EVAL_DIR.parent)
-    if result.returncode != 0:
-        raise SystemExit(f"hf-prune failed ({'layerwise' if layerwise else 'in memory'}):\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    if progress is None:
+        result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env,
+                                cwd=EVAL_DIR.parent)
+        code, last, said = result.returncode, result.stdout.strip().splitlines()[-1:], result.stderr[-3000:]
+    else:  # hf-prune's messages (stdout) and progress bars (stderr) pass through; its last line is the probe's
+        with subprocess.Popen([sys.executable, "-c", PROBE, *argv], stdout=subprocess.PIPE, text=True, env=env,
+                              cwd=EVAL_DIR.parent) as child:
+            last = []
+            for line in child.stdout:
+                if last:
+                    print(last[0], end="", file=sys.stderr, flush=True)
+                last = [line]
+        code, said = child.returncode, "(its messages are above)"
+    if code != 0:
+        raise SystemExit(f"hf-prune failed ({'layerwise' if layerwise else 'in memory'}), exit code {code}:\n{said}")
+    return json.loads(last[0])
 
 
 def package_tree() -> str:
