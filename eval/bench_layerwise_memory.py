@@ -351,11 +351,10 @@ def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
     # least squares of the widest consumer (down_proj), at most every column kept: the (k+1)² system factored in
     # place, the (k+1) x out right-hand side the solution is written over, and one block of the moments' rows and
     # one of the weight's output rows in float64 (hf_prune/cut/compensation/lstsq.py)
-    # and, in the search, moments @ Wᵀ of every input row (d x out), formed once per consumer for all its widths
+    # (the search's moments @ Wᵀ of every input row, formed once per consumer for all its widths, goes to a file
+    # beside the moments it is formed from, and each refit reads its kept rows back)
     blocks = (ROWS_PER_BLOCK + OUTPUTS_PER_BLOCK) * inner
-    projected = inner * hidden
-    terms["lstsq_working_mb"] = ((inner + 1) ** 2 + (inner + 1) * hidden + blocks + projected) * 8 / 2**20 \
-        if search else 0.0
+    terms["lstsq_working_mb"] = ((inner + 1) ** 2 + (inner + 1) * hidden + blocks) * 8 / 2**20 if search else 0.0
     # OBS at the cut (compensate: obs): a copy of the moments written over by their inverse, the weight in float64
     obs = recipe_value(args.recipe, "compensate", "lstsq") == "obs"
     terms["obs_working_mb"] = (inner * inner + inner * hidden) * 8 / 2**20 if obs else 0.0
@@ -370,8 +369,7 @@ def describe_bound(meta: dict, layerwise: dict | None) -> list[str]:
              + (f" (measured: {layerwise['added_mb']:.0f} MB added, "
                 f"{'within' if layerwise['added_mb'] <= meta['bound_mb'] else 'ABOVE'} it)." if layerwise else ".")]
     if meta["search_candidates"]:
-        held = [f"the least-squares system of the widest consumer at its widest, its right-hand side, blocks and the "
-                f"search's moments @ Wᵀ "
+        held = [f"the least-squares system of the widest consumer at its widest, its right-hand side and blocks "
                 f"({meta.get('lstsq_working_mb', 0):.0f} MB)"]
         if meta.get("obs_working_mb"):
             held.append(f"OBS's copy of the moments that its inverse is written over, and the weight in float64 "

@@ -72,3 +72,25 @@ def test_a_search_refit_reuses_the_projected_moments_and_gives_the_refit_of_its_
         for a, b in zip(own, reused):
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
     assert formed == [True, False, False] and list(derived) == ["projected"] and derived["projected"].shape == (600, 48)
+
+
+def test_with_its_moments_in_a_file_the_projection_goes_to_a_file_too():
+    """An offloaded run keeps a layer's moments in a file so that least squares' system takes their memory; the
+    search's moments @ Wᵀ follows them there (else 0.47 GB at 8B sits beside every refit), with the same refits."""
+    from hf_prune.calibration.statistics import ChannelStatistics
+    from hf_prune.cut.compensation import lstsq
+    from hf_prune.runtime.spilled import SpilledRows
+
+    torch.manual_seed(0)
+    channels = ChannelStatistics.zeros(300, gram=True)
+    channels.update(torch.randn(1000, 300) @ torch.randn(300, 300) / 20)
+    weight = torch.randn(24, 300)
+    keeps = (torch.arange(0, 300, 2), torch.arange(150))
+    in_memory = [lstsq.least_squares_weights(weight, keep, channels, derived={}) for keep in keeps]
+    channels.spill_second_moments()
+    derived = {}
+    spilled = [lstsq.least_squares_weights(weight, keep, channels, derived=derived) for keep in keeps]
+    assert isinstance(derived["projected"], SpilledRows)
+    for ours, theirs in zip(spilled, in_memory):
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
