@@ -484,23 +484,7 @@ class SweepCostMeter(CostMeter):
                     for i in started:  # candidates of earlier layers: this layer as in the plan
                         streams[i] = stash(self._layer(layer, unstash(streams[i])), spill)
                     here = by_layer.get(index, [])
-                    ending = {requests[i][0].name: requests[i][0] for i in here if requests[i][0].ends_layer}
-                    with ExitStack() as stack:  # the consumers' inputs of the scopes that end the layer
-                        inputs = {name: stack.enter_context(captured_inputs(self.model.get_submodule(
-                            scope.consumer.path))) for name, scope in ending.items()}
-                        planned = self._layer(layer, base)
-                    consumed = {name: [self.model.get_submodule(ending[name].consumer.path)(a) for a in batches]
-                                for name, batches in inputs.items()}  # the plan's outputs of those consumers
-                    for i in here:  # this layer's candidates, from the plan's input
-                        scope, _, mask = requests[i]
-                        with self._changed(scope, mask):
-                            if scope.ends_layer:  # the plan's output plus the change of the consumer's
-                                consumer = self.model.get_submodule(scope.consumer.path)
-                                streams[i] = [p + (consumer(a) - q).to(p.device)
-                                              for p, a, q in zip(planned, inputs[scope.name], consumed[scope.name])]
-                            else:
-                                streams[i] = self._layer(layer, base)
-                    del inputs, consumed
+                    planned = self._planned_and_candidates(layer, base, [(i, requests[i]) for i in here], streams)
                     if local is not None:
                         self._keep_probes(sweep, here, local, planned, self.probe_batches)
                     for i in here:
@@ -518,6 +502,29 @@ class SweepCostMeter(CostMeter):
                         raise KeyboardInterrupt(f"stopped after layer {index}; the search's state is written")
         sweep.final = base
         return sweep
+
+    def _planned_and_candidates(self, layer: nn.Module, base: list[torch.Tensor],
+                                here: list[tuple[int, tuple[PrunableScope, int, torch.Tensor]]],
+                                streams: list) -> list[torch.Tensor]:
+        """``layer``'s output as in the plan, returned, and each of its candidates' (``here``: index and request)
+        written to ``streams``: from the plan's input, or, for a scope that ends the layer, the plan's output plus
+        the change of its consumer's output on the consumer's inputs taken in the plan's run."""
+        ending = {scope.name: scope for _, (scope, _, _) in here if scope.ends_layer}
+        with ExitStack() as stack:  # the consumers' inputs of the scopes that end the layer
+            inputs = {name: stack.enter_context(captured_inputs(self.model.get_submodule(scope.consumer.path)))
+                      for name, scope in ending.items()}
+            planned = self._layer(layer, base)
+        consumed = {name: [self.model.get_submodule(ending[name].consumer.path)(a) for a in batches]
+                    for name, batches in inputs.items()}  # the plan's outputs of those consumers
+        for i, (scope, _, mask) in here:
+            with self._changed(scope, mask):
+                if scope.ends_layer:
+                    consumer = self.model.get_submodule(scope.consumer.path)
+                    streams[i] = [p + (consumer(a) - q).to(p.device)
+                                  for p, a, q in zip(planned, inputs[scope.name], consumed[scope.name])]
+                else:
+                    streams[i] = self._layer(layer, base)
+        return planned
 
     def _state(self, index: int, base, sweep: _Sweep, walk: LayerWalk | None, passes_before: int) -> SweepState:
         """The sweep after layer ``index``: what :meth:`_resume` needs to go on from layer ``index + 1``."""
