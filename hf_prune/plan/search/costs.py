@@ -472,8 +472,8 @@ class SweepCostMeter(CostMeter):
         if saved is not None:
             base, start = self._resume(sweep, walk, saved, passes_before), saved.layer + 1
         streams = sweep.streams
-        with tqdm(total=self._work(requests, local), desc=desc, unit="layer", leave=False,
-                  disable=desc is None) as bar, \
+        with tqdm(total=self._work(requests, local), initial=self._work(requests, local, before=start), desc=desc,
+                  unit="layer", leave=False, disable=desc is None) as bar, \
                 stop_at_step_boundary("the search's state", enabled=checkpoint is not None) as stop:
             for index, layer in enumerate(self.layers):
                 if index < start:
@@ -568,15 +568,19 @@ class SweepCostMeter(CostMeter):
         """A carried stream's layer pass, in passes over all the batches (probes may run on fewer)."""
         return self.probe_batches / len(self.batches) if local is not None else 1.0
 
-    def _work(self, requests, local: list[Candidate] | None) -> int:
-        """Layer passes of one sweep, for the ETA (with local costs: counting one probe per family)."""
+    def _work(self, requests, local: list[Candidate] | None, before: int | None = None) -> float:
+        """Layer passes of one sweep, for the ETA (with local costs: counting one probe per family); with ``before``,
+        those of its layers before that one (what a resumed sweep has already done)."""
+        end = len(self.layers) if before is None else before
         if local is None:
-            return sum(len(self.layers) - scope.layer for scope, _, _ in requests) + len(self.layers)
-        first_layer = {}
-        for (scope, _, _), candidate in zip(requests, local):
-            first_layer[candidate.family] = scope.layer
-        carried = sum(len(self.layers) - 1 - layer for layer in first_layer.values()) * self._stream_share(local)
-        return len(requests) + carried + len(self.layers)
+            carried_from = [scope.layer for scope, _, _ in requests]
+        else:
+            first_layer = {}
+            for (scope, _, _), candidate in zip(requests, local):
+                first_layer[candidate.family] = scope.layer
+            carried_from = list(first_layer.values())
+        carried = sum(max(0, end - 1 - layer) for layer in carried_from) * self._stream_share(local)
+        return sum(scope.layer < end for scope, _, _ in requests) + carried + end
 
     def _layer(self, layer: nn.Module, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """``layer`` on every batch; the outputs go to CPU memory when the weights are offloaded."""
