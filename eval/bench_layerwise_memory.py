@@ -172,10 +172,12 @@ def run(source: Path, output: Path, layerwise: bool, samples: int, seq_len: int,
     argv = ["--model", str(source), "--output", str(output), *RECIPES[recipe],
             "--calibration", "builtin", "--calibration-samples", str(samples), "--seq-len", str(seq_len)]
     argv += ["--layerwise"] if layerwise else ["--sequential"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    if progress is not None:  # a run of hours: hf-prune's own progress and ETA go to this bench's stderr as they come
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "30"),
-               "HF_PRUNE_BENCH_PROGRESS": str(progress), "HF_PRUNE_BENCH_TREE": package_tree()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if progress is None:
+        env["TQDM_DISABLE"] = "1"
+    else:  # a run of hours: hf-prune's own progress and ETA go to this bench's stderr as they come
+        env.update({"TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "30"),
+                    "HF_PRUNE_BENCH_PROGRESS": str(progress), "HF_PRUNE_BENCH_TREE": package_tree()})
         if (output.parent / f"{output.name}.search-state").is_dir():
             argv.append("--resume")
     if progress is None:

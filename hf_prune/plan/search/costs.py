@@ -509,17 +509,17 @@ class SweepCostMeter(CostMeter):
         """``layer``'s output as in the plan, returned, and each of its candidates' (``here``: index and request)
         written to ``streams``: from the plan's input, or, for a scope that ends the layer, the plan's output plus
         the change of its consumer's output on the consumer's inputs taken in the plan's run."""
-        ending = {scope.name: scope for _, (scope, _, _) in here if scope.ends_layer}
-        with ExitStack() as stack:  # the consumers' inputs of the scopes that end the layer
-            inputs = {name: stack.enter_context(captured_inputs(self.model.get_submodule(scope.consumer.path)))
-                      for name, scope in ending.items()}
+        consumers = {scope.name: self.model.get_submodule(scope.consumer.path)
+                     for _, (scope, _, _) in here if scope.ends_layer}  # of the scopes that end the layer
+        with ExitStack() as stack:  # their inputs in the plan's run
+            inputs = {name: stack.enter_context(captured_inputs(consumer)) for name, consumer in consumers.items()}
             planned = self._layer(layer, base)
-        consumed = {name: [self.model.get_submodule(ending[name].consumer.path)(a) for a in batches]
+        consumed = {name: [consumers[name](a) for a in batches]
                     for name, batches in inputs.items()}  # the plan's outputs of those consumers
         for i, (scope, _, mask) in here:
             with self._changed(scope, mask):
                 if scope.ends_layer:
-                    consumer = self.model.get_submodule(scope.consumer.path)
+                    consumer = consumers[scope.name]
                     streams[i] = [p + (consumer(a) - q).to(p.device)
                                   for p, a, q in zip(planned, inputs[scope.name], consumed[scope.name])]
                 else:
