@@ -124,3 +124,27 @@ def test_lstsq_from_the_config_cuts_saves_and_reloads(tmp_path):
                                                     attn_implementation="eager").eval()
     with torch.no_grad():
         assert torch.equal(reloaded(rows).logits, logits)
+
+
+def test_the_ridge_pulls_the_refit_towards_the_dense_columns_or_towards_zero():
+    """With a ridge far stronger than the data, the refit kept columns are their dense values when the ridge is
+    centred on them (the objective OBS's damped error assumes), and shrink to nothing when centred on zero; with
+    the default 1% both lie close to the plain least-squares fit."""
+    from hf_prune.cut.compensation import least_squares_weights
+
+    model = make_model("llama")
+    scope = [s for s in get_adapter(model).scopes(model) if s.name == "layers.0.mlp"][0]
+    rows = torch.randint(0, COMMON["vocab_size"], (6, 24), generator=torch.Generator().manual_seed(4))
+    channels = collect_channel_statistics(model, [scope], rows, gram=True).channels[scope.name]
+    weight = model.model.layers[0].mlp.down_proj.weight
+    kept = torch.arange(0, weight.shape[1], 2)
+    dense_columns = weight.detach().double()[:, kept]
+    strong = {towards: least_squares_weights(weight, kept, channels, damping=1e9, ridge_towards=towards)[0]
+              for towards in ("dense", "zero")}
+    torch.testing.assert_close(strong["dense"], dense_columns, rtol=1e-5, atol=1e-7)
+    assert float(strong["zero"].abs().max()) < 1e-6 * float(dense_columns.abs().max())
+    light = {towards: least_squares_weights(weight, kept, channels, ridge_towards=towards)[0]
+             for towards in ("dense", "zero")}
+    plain = least_squares_weights(weight, kept, channels, damping=1e-9)[0]
+    for refit in light.values():
+        assert float((refit - plain).norm()) < 0.2 * float((dense_columns - plain).norm())
