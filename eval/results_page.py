@@ -102,10 +102,10 @@ def torch_pruning_section() -> list[str]:
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_MARKERS = ("<!-- recommended-table: written by eval/results_page.py from eval/results/compare.json "
-                  "and compare_obs_local_rows8.json -->", "<!-- /recommended-table -->")
+                  "and compare_obs_local_rows8_ridge.json -->", "<!-- /recommended-table -->")
 #: the recipe's own run: its settings are the full run's but for the cost rows (8 instead of 2), and only the recipe's
 #: method is read from it — the other rows and the peers come from the full run
-RECIPE_RUN, RECIPE_METHOD = "compare_obs_local_rows8", "search + OBS selection, local costs (activation)"
+RECIPE_RUN, RECIPE_METHOD = "compare_obs_local_rows8_ridge", "search + OBS selection, local costs (activation)"
 README_METHODS = [  # (compare.py label, what the README calls it)
     (RECIPE_METHOD, "**search + OBS selection, local costs, 8 cost rows** (`recipes/search-lstsq.yaml`)"),
     ("search + least squares (activation)", "**search + least squares**, every candidate measured, 2 cost rows"),
