@@ -57,8 +57,6 @@ def least_squares_weights(
     """
     if channels.gram is None:
         raise ValueError("least-squares compensation needs second moments: collect statistics with gram=True")
-    damping = DAMPING if damping is None else damping
-    ridge_towards = RIDGE_TOWARDS if ridge_towards is None else ridge_towards
     count = float(channels.count)
     kept = keep_columns.cpu()
     size = kept.numel()
@@ -87,18 +85,29 @@ def least_squares_weights(
     mean = channels.total.index_select(0, kept) / count
     system[:size, size] = system[size, :size] = mean
     system[size, size] = 1.0
-    ridge = damping * float(system.diagonal()[:size].mean())
-    system.diagonal()[:size] += ridge
     for outputs, weight_rows in _float64_row_blocks(dense):
         right[size, outputs] = weight_rows @ channels.target_mean
-        if ridge_towards == "dense":
-            right[:size, outputs] += ridge * weight_rows.index_select(1, kept).T
+    damping = _add_ridge(system, right, dense, kept, damping, ridge_towards)
     info = cholesky_in_place(system)
     if info:
         raise FloatingPointError(f"least squares: the kept channels' second moments are not positive definite even "
                                  f"with {damping:g} damping (leading minor {info}); are the statistics finite?")
     solution = solve_in_place(system, right)  # [k + 1, out], written over the right-hand side
     return solution[:size].T, solution[size]
+
+
+def _add_ridge(system: torch.Tensor, right: torch.Tensor, dense: torch.Tensor, kept: torch.Tensor,
+               damping: float | None, towards: str | None) -> float:
+    """Add λ = ``damping`` × the kept channels' mean second moment to their diagonal and, centred on the dense kept
+    columns, λ W_Kᵀ to their right-hand side (:data:`RIDGE_TOWARDS`); the damping used."""
+    damping = DAMPING if damping is None else damping
+    size = kept.numel()
+    ridge = damping * float(system.diagonal()[:size].mean())
+    system.diagonal()[:size] += ridge
+    if (RIDGE_TOWARDS if towards is None else towards) == "dense":
+        for outputs, weight_rows in _float64_row_blocks(dense):
+            right[:size, outputs] += ridge * weight_rows.index_select(1, kept).T
+    return damping
 
 
 def _projected(moments, dense: torch.Tensor, derived: dict) -> torch.Tensor | SpilledRows:
