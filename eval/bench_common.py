@@ -32,6 +32,24 @@ QUIET = Console(quiet=True)
 EVAL_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = EVAL_DIR / "reference"
 RESULTS_DIR = EVAL_DIR / "results"
+#: the trained models the one-cut benchmarks (bench_obs_rounds, bench_compensation_ridge) choose from
+CUT_MODELS = {"smollm2": EVAL_DIR / "models" / "smollm2-135m", "reference": REFERENCE_DIR}
+
+
+def add_cut_arguments(parser) -> None:
+    """The model, calibration and scoring flags of a benchmark that cuts one trained model at a few budgets."""
+    parser.add_argument("--model", choices=list(CUT_MODELS), default="smollm2")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.35, 0.5])
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def load_float32(name: str):
+    """(model in float32 and eval mode, tokenizer) of one of :data:`CUT_MODELS`."""
+    path = CUT_MODELS[name]
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
 
 
 @dataclass

@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR
+from bench_common import RESULTS_DIR, add_cut_arguments, load_float32
 
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
@@ -35,7 +34,6 @@ from hf_prune.cut.compensation import lstsq
 from hf_prune.plan.planner import calibration_ids, make_plan
 from hf_prune.quality import fixed_token_set, window_nll
 
-MODELS = {"smollm2": EVAL_DIR / "models" / "smollm2-135m", "reference": REFERENCE_DIR}
 
 
 def split_by_source(source: str, directory: Path) -> dict[str, str]:
@@ -53,25 +51,16 @@ def split_by_source(source: str, directory: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=list(MODELS), default="smollm2")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.35, 0.5])
+    add_cut_arguments(parser)
     parser.add_argument("--dampings", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     parser.add_argument("--towards", nargs="+", choices=["zero", "dense"], default=["zero", "dense"])
     parser.add_argument("--compensate", default="obs", choices=["lstsq", "obs"])
     parser.add_argument("--refit-on", default="pruned", choices=["pruned", "asymmetric", "dense"])
     parser.add_argument("--off-domain", default="gcide")
-    parser.add_argument("--calibration-samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--eval-windows", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
 
-    path = MODELS[args.model]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_float32(args.model)
     scratch = tempfile.TemporaryDirectory()
     files = split_by_source(args.off_domain, Path(scratch.name))
     texts = {name: fixed_token_set(tokenizer, files[name], num_windows=args.eval_windows, seq_len=256)

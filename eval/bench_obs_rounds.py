@@ -18,8 +18,7 @@ import json
 import math
 import time
 
-import torch
-from bench_common import EVAL_DIR, REFERENCE_DIR, RESULTS_DIR
+from bench_common import RESULTS_DIR, add_cut_arguments, load_float32
 
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
@@ -30,26 +29,16 @@ from hf_prune.cut.compensation import obs
 from hf_prune.plan.planner import calibration_ids, make_plan
 from hf_prune.quality import fixed_token_set, window_nll
 
-MODELS = {"smollm2": EVAL_DIR / "models" / "smollm2-135m", "reference": REFERENCE_DIR}
 ONE_AT_A_TIME = 10**9
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=list(MODELS), default="smollm2")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.35, 0.5])
+    add_cut_arguments(parser)
     parser.add_argument("--rounds", type=int, nargs="+", default=[8, 32, 128, ONE_AT_A_TIME])
-    parser.add_argument("--calibration-samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--eval-windows", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
 
-    path = MODELS[args.model]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_float32(args.model)
     tokens = fixed_token_set(tokenizer, resolve_split_file(split="validation"), num_windows=args.eval_windows, seq_len=256)
     dense = window_nll(model, tokens, batch_size=args.batch_size)
     base = dict(target="uniform", units="mlp", importance="activation", calibration="reference",
