@@ -35,6 +35,11 @@ ROWS_PER_BLOCK = 256
 OUTPUTS_PER_BLOCK = 256
 
 
+def resolved_damping(damping: float | None) -> float:
+    """``damping``, or :data:`DAMPING` as it stands when called (a benchmark may set the module's constant)."""
+    return DAMPING if damping is None else damping
+
+
 def least_squares_weights(
     weight: torch.Tensor, keep_columns: torch.Tensor, channels: ChannelStatistics, damping: float | None = None,
     derived: dict | None = None, ridge_towards: str | None = None,
@@ -100,7 +105,7 @@ def _add_ridge(system: torch.Tensor, right: torch.Tensor, dense: torch.Tensor, k
                damping: float | None, towards: str | None) -> float:
     """Add λ = ``damping`` × the kept channels' mean second moment to their diagonal and, centred on the dense kept
     columns, λ W_Kᵀ to their right-hand side (:data:`RIDGE_TOWARDS`); the damping used."""
-    damping = DAMPING if damping is None else damping
+    damping = resolved_damping(damping)
     size = kept.numel()
     ridge = damping * float(system.diagonal()[:size].mean())
     system.diagonal()[:size] += ridge

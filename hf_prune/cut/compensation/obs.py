@@ -35,8 +35,7 @@ from ...calibration.statistics import ChannelStatistics
 from ..surgery import block_indices
 from ...runtime.spilled import working_copy
 from .linalg import cholesky_in_place, inverse_in_place
-from . import lstsq
-from .lstsq import LeastSquaresCompensation
+from .lstsq import LeastSquaresCompensation, resolved_damping
 
 #: removals are made in at most this many rounds (see the module docstring). Measured on SmolLM2-135M, uniform
 #: MLP-only counts, validation split (eval/results/obs_rounds.md): 8, 32, 128 rounds and one group at a time lie
@@ -57,7 +56,7 @@ def obs_kept_groups(weight: torch.Tensor, block: int, keep: int, channels: Chann
     to_remove = groups - keep
     if to_remove <= 0:
         return list(range(groups))
-    inverse = _damped_inverse_covariance(channels, lstsq.DAMPING if damping is None else damping)
+    inverse = _damped_inverse_covariance(channels, resolved_damping(damping))
     work = weight.detach().to(device="cpu", dtype=torch.float64, copy=True)  # one copy (.to().clone() made two)
     alive = torch.ones(groups, dtype=torch.bool)
     per_round = max(1, math.ceil(to_remove / rounds))
