@@ -71,28 +71,20 @@ def least_squares_weights(
     projected = _projected(moments, dense, derived) if derived is not None else None  # before the system exists
     system = torch.empty(size + 1, size + 1, dtype=torch.float64)  # moments of [x_K; 1]
     right = column_major(size + 1, dense.shape[0], dtype=torch.float64)
-    start = 0
-    for rows in kept.split(ROWS_PER_BLOCK):
-        stop = start + rows.numel()
-        block = channels.gram.index_select(0, rows)
-        system[start:stop, :size] = block.index_select(1, kept)
-        if projected is not None:
-            right[start:stop] = projected.index_select(0, rows)
-            start = stop
-            continue
-        if moments is not channels.gram:
-            block = moments.index_select(0, rows)
-        for outputs, weight_rows in _float64_row_blocks(dense):
-            right[start:stop, outputs] = block @ weight_rows.T
-        start = stop
+    _gather_kept_rows(system, right, channels.gram, moments, projected, dense, kept)
     system[:size, :size] /= count
     right[:size] /= count
     mean = channels.total.index_select(0, kept) / count
     system[:size, size] = system[size, :size] = mean
     system[size, size] = 1.0
-    for outputs, weight_rows in _float64_row_blocks(dense):
+    damping = resolved_damping(damping)
+    ridge = damping * float(system.diagonal()[:size].mean())
+    system.diagonal()[:size] += ridge
+    towards_dense = (RIDGE_TOWARDS if ridge_towards is None else ridge_towards) == "dense"
+    for outputs, weight_rows in _float64_row_blocks(dense):  # the weight in float64 once, for the bias and the ridge
         right[size, outputs] = weight_rows @ channels.target_mean
-    damping = _add_ridge(system, right, dense, kept, damping, ridge_towards)
+        if towards_dense:  # λ W_Kᵀ: the ridge's pull towards the dense kept columns
+            right[:size, outputs] += ridge * weight_rows.index_select(1, kept).T
     info = cholesky_in_place(system)
     if info:
         raise FloatingPointError(f"least squares: the kept channels' second moments are not positive definite even "
@@ -101,18 +93,24 @@ def least_squares_weights(
     return solution[:size].T, solution[size]
 
 
-def _add_ridge(system: torch.Tensor, right: torch.Tensor, dense: torch.Tensor, kept: torch.Tensor,
-               damping: float | None, towards: str | None) -> float:
-    """Add λ = ``damping`` × the kept channels' mean second moment to their diagonal and, centred on the dense kept
-    columns, λ W_Kᵀ to their right-hand side (:data:`RIDGE_TOWARDS`); the damping used."""
-    damping = resolved_damping(damping)
-    size = kept.numel()
-    ridge = damping * float(system.diagonal()[:size].mean())
-    system.diagonal()[:size] += ridge
-    if (RIDGE_TOWARDS if towards is None else towards) == "dense":
-        for outputs, weight_rows in _float64_row_blocks(dense):
-            right[:size, outputs] += ridge * weight_rows.index_select(1, kept).T
-    return damping
+def _gather_kept_rows(system: torch.Tensor, right: torch.Tensor, gram, moments, projected, dense: torch.Tensor,
+                      kept: torch.Tensor) -> None:
+    """Write the kept channels' second moments into ``system[:k, :k]`` and their moments with the target's dense
+    output into ``right[:k]`` (read off ``projected`` when the search formed it), a block of kept rows at a time, so
+    nothing of the d×d moments' size is copied."""
+    start = 0
+    for rows in kept.split(ROWS_PER_BLOCK):
+        stop = start + rows.numel()
+        block = gram.index_select(0, rows)
+        system[start:stop, :kept.numel()] = block.index_select(1, kept)
+        if projected is not None:
+            right[start:stop] = projected.index_select(0, rows)
+        else:
+            if moments is not gram:
+                block = moments.index_select(0, rows)
+            for outputs, weight_rows in _float64_row_blocks(dense):
+                right[start:stop, outputs] = block @ weight_rows.T
+        start = stop
 
 
 def _projected(moments, dense: torch.Tensor, derived: dict) -> torch.Tensor | SpilledRows:
