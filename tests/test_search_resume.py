@@ -133,6 +133,20 @@ def test_resume_refuses_the_state_of_another_run(calibration, tmp_path, monkeypa
                   input_ids=calibration)
 
 
+def test_resume_refuses_a_state_another_version_wrote(calibration, tmp_path, monkeypatch):
+    """Costs a search measured with another hf-prune are not mixed with this one's: the record names its version."""
+    import hf_prune.runtime.saved_state as saved_state
+
+    model = make_model("qwen2")
+    _kill_after(monkeypatch, model, finished_calls=2, layer=0)
+    with pytest.raises(Killed):
+        make_plan(model, search_config(**_state(tmp_path)), input_ids=calibration)
+    monkeypatch.undo()
+    monkeypatch.setattr(saved_state, "__version__", "9.9.9")
+    with pytest.raises(ConfigError, match=r"written by hf-prune \S+, this is 9\.9\.9; .*--restart"):
+        make_plan(make_model("qwen2"), search_config(**_state(tmp_path, resume=True)), input_ids=calibration)
+
+
 def test_the_command_line_keeps_the_state_until_the_model_is_written(capsys, tmp_path):
     """A finished run leaves no state beside its output; a state from an interrupted run must be resumed or
     restarted, before anything is loaded; --resume is refused where the target keeps no state."""

@@ -4,7 +4,8 @@ written, how a run is recognised, what a new run must say about a state it finds
 A stage writes its tensors and a JSON record (safetensors + JSON, atomically: the JSON goes last, so its presence
 means the pair is complete) under a name of its own in ``--state-dir``, at its own checkpoints and when Ctrl-C stops
 it. A state belongs to one run, recognised by a fingerprint of the options that shape the result and of the data it
-reads: ``--resume`` with other options is refused instead of continuing someone else's run. The JSON's ``progress``
+reads: ``--resume`` with other options is refused instead of continuing someone else's run, and so is a state another
+version of hf-prune wrote (the record carries the version): a resumed run never mixes numbers of two versions. The JSON's ``progress``
 says in words how far the run got ("Hyperflux step 20", "search call 2, layer 17").
 """
 
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
+from ..version import __version__
 
 #: options that say how often the state is written, not what it is: left out of the fingerprint (where the state is
 #: lives in the config's ``state`` section, which no fingerprint reads)
@@ -96,7 +98,7 @@ def write_record(state_dir: str | os.PathLike, name: str, meta: dict[str, Any]) 
     directory = Path(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
     temporary = directory / f"{name}_state.json.tmp"
-    temporary.write_text(json.dumps(meta))
+    temporary.write_text(json.dumps({**meta, "hf_prune_version": __version__}))
     os.replace(temporary, directory / f"{name}_state.json")
 
 
@@ -106,6 +108,10 @@ def read_record(state_dir: str | os.PathLike | None, name: str, expected_fingerp
     check_saved_state(directory, resume=True, restart=False)  # the state may have gone since the run started
     path = directory / f"{name}_state.json"
     meta = json.loads(path.read_text()) if path.is_file() else {}
+    written_by = meta.get("hf_prune_version", "an earlier version")
+    if meta and written_by != __version__:  # its costs or gates would mix with numbers this version computes
+        raise ConfigError(f"--resume: the state in {str(directory)!r} was written by hf-prune {written_by}, this is "
+                          f"{__version__}; finish it with that version, or pass --restart to discard it")
     if meta.get("fingerprint") != expected_fingerprint:
         raise ConfigError(f"--resume: the state in {str(directory)!r} belongs to a run with other options or "
                           "calibration data; resume with the same command, or pass --restart to discard it")
