@@ -13,7 +13,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # one printed line per run says more
 
 import copy
 import json
+import math
 import statistics as stats_lib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prune  # noqa: F401  (registers the pruned classes)
+from hf_prune.corpus import resolve_split_file
 from hf_prune.quality import fixed_token_set, paired_comparison, window_nll
 
 #: the pipeline's console for benchmark runs: their own table says what each run did
@@ -123,3 +126,46 @@ def ratio_cell(ratios: list[float], achieved: list[float]) -> str:
     mean, sd = mean_sd(ratios)
     spread = f" ± {sd:.3f}" if len(ratios) > 1 else ""
     return f"{mean:.3f}{spread} ({100 * stats_lib.mean(achieved):.1f}%)"
+
+
+def split_by_source(source: str, directory: Path) -> dict[str, str]:
+    """JSONL files: the train split without ``source`` (calibration), the validation split without it (in-domain)
+    and the validation split of ``source`` only (off-domain)."""
+    files = {}
+    for name, split, keep in (("calibration", "train", False), ("in-domain", "validation", False),
+                              ("off-domain", "validation", True)):
+        lines = [line for line in resolve_split_file(None, split).read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if (json.loads(line)["source"] == source) == keep]
+        path = directory / f"{name}.jsonl"
+        path.write_text("\n".join(kept) + "\n")
+        files[name] = str(path)
+    return files
+
+
+@dataclass
+class TwoDomains:
+    """The corpus **validation** split scored twice (benchmarks that choose how the library works: the test split
+    stays unseen): on the sources calibration draws from, and on one ``source`` calibration never sees. ``files``
+    also holds the calibration text (the train split without that source)."""
+
+    model: Any
+    tokenizer: Any
+    source: str
+    windows: int = 32
+    batch_size: int = 8
+    files: dict[str, str] = field(init=False)
+    texts: dict[str, torch.Tensor] = field(init=False)
+    dense: dict[str, torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._scratch = tempfile.TemporaryDirectory()
+        self.files = split_by_source(self.source, Path(self._scratch.name))
+        self.texts = {text: fixed_token_set(self.tokenizer, self.files[text], num_windows=self.windows, seq_len=256)
+                      for text in ("in-domain", "off-domain")}
+        self.dense = {text: window_nll(self.model, tokens, batch_size=self.batch_size)
+                      for text, tokens in self.texts.items()}
+
+    def ratios(self, pruned) -> dict[str, float]:
+        """Perplexity ratio pruned / dense on each text."""
+        return {text: math.exp(float((window_nll(pruned, tokens, batch_size=self.batch_size) - self.dense[text]).mean()))
+                for text, tokens in self.texts.items()}

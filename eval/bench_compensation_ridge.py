@@ -18,36 +18,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import tempfile
 import time
-from pathlib import Path
 
-from bench_common import RESULTS_DIR, add_cut_arguments, load_float32
+from bench_common import RESULTS_DIR, TwoDomains, add_cut_arguments, load_float32
 
 from hf_prune import PruningConfig
 from hf_prune.adapters import get_adapter
 from hf_prune.calibration.statistics import collect_channel_statistics
-from hf_prune.corpus import resolve_split_file
 from hf_prune.cut.apply import apply_pruning
 from hf_prune.cut.compensation import lstsq
 from hf_prune.plan.planner import calibration_ids, make_plan
-from hf_prune.quality import fixed_token_set, window_nll
 
-
-
-def split_by_source(source: str, directory: Path) -> dict[str, str]:
-    """JSONL files: the train split without ``source`` (calibration), the validation split without it (in-domain)
-    and the validation split of ``source`` only (off-domain)."""
-    files = {}
-    for name, split, keep in (("calibration", "train", False), ("in-domain", "validation", False),
-                              ("off-domain", "validation", True)):
-        lines = [line for line in resolve_split_file(None, split).read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if (json.loads(line)["source"] == source) == keep]
-        path = directory / f"{name}.jsonl"
-        path.write_text("\n".join(kept) + "\n")
-        files[name] = str(path)
-    return files
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -61,12 +42,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     model, tokenizer = load_float32(args.model)
-    scratch = tempfile.TemporaryDirectory()
-    files = split_by_source(args.off_domain, Path(scratch.name))
-    texts = {name: fixed_token_set(tokenizer, files[name], num_windows=args.eval_windows, seq_len=256)
-             for name in ("in-domain", "off-domain")}
-    dense = {name: window_nll(model, tokens, batch_size=args.batch_size) for name, tokens in texts.items()}
-    base = dict(target="emp", importance="activation", calibration=files["calibration"], seq_len=args.seq_len,
+    domains = TwoDomains(model, tokenizer, args.off_domain, args.eval_windows, args.batch_size)
+    base = dict(target="emp", importance="activation", calibration=domains.files["calibration"], seq_len=args.seq_len,
                 calibration_samples=args.calibration_samples, seed=0, compensate=args.compensate,
                 refit_on=args.refit_on)
     rows = calibration_ids(model, tokenizer, PruningConfig.from_dict(base))
@@ -83,8 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 started = time.perf_counter()
                 apply_pruning(pruned, config, copy.deepcopy(plan))
                 seconds = time.perf_counter() - started
-                ratios = {name: math.exp(float((window_nll(pruned, tokens, batch_size=args.batch_size)
-                                                - dense[name]).mean())) for name, tokens in texts.items()}
+                ratios = domains.ratios(pruned)
                 results.append({"model": args.model, "sparsity": sparsity, "towards": towards, "damping": damping,
                                 **ratios, "cut_seconds": seconds})
                 print(f"{args.model} {sparsity:.2f} towards {towards:5s} damping {damping:<5g} in-domain "
