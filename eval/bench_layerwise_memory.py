@@ -357,7 +357,8 @@ def bound_terms(config, args: argparse.Namespace) -> dict[str, float]:
     # beside the moments it is formed from, and each refit reads its kept rows back)
     blocks = (ROWS_PER_BLOCK + OUTPUTS_PER_BLOCK) * inner
     terms["lstsq_working_mb"] = ((inner + 1) ** 2 + (inner + 1) * hidden + blocks) * 8 / 2**20 if search else 0.0
-    # OBS at the cut (compensate: obs): a copy of the moments written over by their inverse, the weight in float64
+    # OBS (compensate: obs), in the search's removal order of each MLP and at the cut, one consumer at a time and never
+    # beside least squares' system: a copy of the moments written over by their inverse, the weight in float64
     obs = recipe_value(args.recipe, "compensate", "lstsq") == "obs"
     terms["obs_working_mb"] = (inner * inner + inner * hidden) * 8 / 2**20 if obs else 0.0
     return terms

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from hf_prune import PruningConfig
-from hf_prune.calibration.statistics import ChannelStatistics
+from hf_prune.adapters import get_adapter
+from hf_prune.calibration.statistics import ChannelStatistics, collect_channel_statistics
 from hf_prune.cut.apply import PruningPlan, apply_pruning
-from hf_prune.cut.compensation import obs_kept_groups
+from hf_prune.cut.compensation import TemporaryCompensation, obs_kept_groups
+from hf_prune.cut.compensation import base as compensation_base
+from hf_prune.cut.compensation.obs import OptimalBrainSurgeonCompensation, obs_removal_order
 from hf_prune.testing import make_tiny_model, random_plan
 
 
@@ -87,3 +90,44 @@ def test_the_cut_keeps_the_plans_counts_and_reports_the_groups_obs_chose(family)
     assert {k: len(v) for k, v in plans["obs"].items()} == {k: len(v) for k, v in kept.items()}
     assert plans["lstsq"] == kept and plans["obs"] != kept
     assert errors["obs"] < errors["lstsq"], errors  # the random plan's choice, refit alike, loses
+
+
+def test_every_prefix_of_the_removal_order_is_a_choice_that_beats_the_output_norm_ranking():
+    """The search reads every width of a scope off one greedy order: each prefix is a set to remove, and the groups it
+    leaves refit better than those an activation ranking keeps at the same count."""
+    inputs = correlated_inputs(600, 24, seed=7)
+    weight = torch.randn(6, 24, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    order = obs_removal_order(weight, 1, 23, statistics_of(inputs))
+    assert len(order) == len(set(order)) == 23
+    ranking = (inputs.norm(dim=0) * weight.norm(dim=0)).argsort(descending=True).tolist()
+    for count in (6, 12, 18):
+        kept = sorted(set(range(24)) - set(order[:24 - count]))
+        assert refit_error(weight, inputs, kept) < refit_error(weight, inputs, sorted(ranking[:count]))
+    # the deepest prefix is the cut's own choice at that count
+    assert sorted(set(range(24)) - set(order)) == obs_kept_groups(weight, 1, 1, statistics_of(inputs))
+
+
+@pytest.mark.parametrize("measures_choice", [True, False])
+def test_the_search_measures_a_width_with_the_groups_obs_keeps_at_that_count(monkeypatch, measures_choice):
+    """A candidate of the search keeps the criterion's groups; compensated by OBS, it is measured with the groups OBS
+    would keep at that count (what the cut will keep) — the mask that comes back — unless that is switched off."""
+    monkeypatch.setattr(compensation_base, "SEARCH_MEASURES_CHOICE", measures_choice)
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    scopes = get_adapter(model).scopes(model)
+    rows = torch.randint(0, 200, (6, 32), generator=torch.Generator().manual_seed(3))
+    stats = collect_channel_statistics(model, scopes, rows, gram=True)
+    scope = next(s for s in scopes if s.kind == "mlp")
+    consumer = model.get_submodule(scope.consumer.path)
+    dense = consumer.weight.detach().clone()
+    criterion = torch.zeros(scope.num_groups)
+    criterion[: scope.num_groups // 2] = 1.0
+    compensation = OptimalBrainSurgeonCompensation()
+    with TemporaryCompensation(model, scopes, stats, compensation) as temporary:
+        chosen = temporary.set(scope, criterion)
+        assert int(chosen.sum()) == scope.num_groups // 2
+        expected = compensation.choose(dense, scope.consumer.block, criterion.nonzero().flatten().tolist(),
+                                       stats.channels[scope.name], derived={})
+        assert chosen.nonzero().flatten().tolist() == (expected if measures_choice else list(range(scope.num_groups // 2)))
+        assert expected != list(range(scope.num_groups // 2))  # OBS's choice differs from the criterion's here
+        assert temporary.set(scope, torch.ones(scope.num_groups)) is None  # dense again
+    assert torch.equal(consumer.weight, dense)

@@ -17,8 +17,9 @@ The kept columns and the bias are then written by :func:`~.lstsq.least_squares_w
 Removals are made ``ceil(removed / ROUNDS)`` at a time (each round ranks the remaining groups on the updated
 weights): SlimGPT's group-wise removal for the same reason — one downdate of H⁻¹ per group costs a d×d update
 each, so an 8B down_proj (d = 14336, 5000 neurons removed at 35%) takes ROUNDS rank-m updates instead of 5000
-rank-1 ones. The search measures its candidates with least squares on the criterion's choice; the final cut makes
-this choice within the counts the search picked. Asymmetric refits (``--refit-on asymmetric``) choose on the
+rank-1 ones. The search measures every width of a scope with the groups OBS would keep at that count, read off one
+greedy removal order per scope (:func:`obs_removal_order`: its prefixes are nested choices), so it picks the counts
+for the model the cut will write; the cut then makes the greedy choice at each count the search picked. Asymmetric refits (``--refit-on asymmetric``) choose on the
 pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (formed over a copy of
 the covariance where it lies, :mod:`.linalg`; with the statistics spilled to a file, in the memory they held), and
 the consumer's weight in float64.
@@ -50,21 +51,31 @@ def obs_kept_groups(weight: torch.Tensor, block: int, keep: int, channels: Chann
                     damping: float | None = None, rounds: int = ROUNDS) -> list[int]:
     """The ``keep`` groups (of ``block`` consecutive input columns each) whose removal's compensated error, greedily,
     is smallest; sorted."""
+    groups = weight.shape[1] // block
+    removed = set(obs_removal_order(weight, block, groups - keep, channels, damping, rounds))
+    return [group for group in range(groups) if group not in removed]
+
+
+@torch.no_grad()
+def obs_removal_order(weight: torch.Tensor, block: int, to_remove: int, channels: ChannelStatistics,
+                      damping: float | None = None, rounds: int = ROUNDS) -> list[int]:
+    """The first ``to_remove`` groups greedy OBS removes, in the order it removes them (within a round, the cheapest
+    first). Its prefixes are nested choices: the search reads every candidate width of a scope off one order."""
     if channels.gram is None:
         raise ValueError("OBS selection needs second moments: collect statistics with gram=True")
     groups = weight.shape[1] // block
-    to_remove = groups - keep
     if to_remove <= 0:
-        return list(range(groups))
+        return []
     inverse = _damped_inverse_covariance(channels, resolved_damping(damping))
     work = weight.detach().to(device="cpu", dtype=torch.float64, copy=True)  # one copy (.to().clone() made two)
     alive = torch.ones(groups, dtype=torch.bool)
     per_round = max(1, math.ceil(to_remove / rounds))
-    removed = 0
-    while removed < to_remove:
+    order: list[int] = []
+    while len(order) < to_remove:
         live = torch.nonzero(alive).flatten()
         errors = _removal_errors(work, inverse, live, block)
-        chosen = live[torch.topk(errors, min(per_round, to_remove - removed), largest=False).indices]
+        cheapest = torch.topk(errors, min(per_round, to_remove - len(order)), largest=False, sorted=True).indices
+        chosen = live[cheapest]
         columns = block_indices(chosen.tolist(), block)
         rows = inverse.index_select(0, columns)  # H⁻¹_S:  [m, d]
         factor = torch.linalg.cholesky(rows.index_select(1, columns))
@@ -72,8 +83,8 @@ def obs_kept_groups(weight: torch.Tensor, block: int, keep: int, channels: Chann
         work.addmm_(work.index_select(1, columns), coefficients, alpha=-1.0)
         inverse.addmm_(rows.T, coefficients, alpha=-1.0)
         alive[chosen] = False
-        removed += chosen.numel()
-    return torch.nonzero(alive).flatten().tolist()
+        order.extend(chosen.tolist())
+    return order
 
 
 def _damped_inverse_covariance(channels: ChannelStatistics, damping: float) -> torch.Tensor:
@@ -106,5 +117,15 @@ class OptimalBrainSurgeonCompensation(LeastSquaresCompensation):
     """Least squares whose kept groups, within each scope's count, are chosen by greedy OBS (:func:`obs_kept_groups`)."""
 
     def choose(self, weight: torch.Tensor, block: int, keep: Sequence[int],
-               channels: ChannelStatistics) -> list[int]:
-        return obs_kept_groups(weight, block, len(set(keep)), channels, rounds=ROUNDS)
+               channels: ChannelStatistics, derived: dict | None = None) -> list[int]:
+        count = len(set(keep))
+        if count == 0:  # the whole sublayer goes: nothing to choose
+            return []
+        if derived is None:  # the cut: the greedy choice for this count
+            return obs_kept_groups(weight, block, count, channels, rounds=ROUNDS)
+        # the search, every width of one scope: the prefixes of one greedy order down to a single group
+        groups = weight.shape[1] // block
+        if "removal_order" not in derived:
+            derived["removal_order"] = obs_removal_order(weight, block, groups - 1, channels, rounds=ROUNDS)
+        removed = set(derived["removal_order"][:groups - count])
+        return [group for group in range(groups) if group not in removed]

@@ -204,7 +204,9 @@ class CostMeter(AbstractContextManager):
 
     def _compensate(self, name: str) -> None:
         if self.compensation is not None and name in self.compensation.scopes:
-            self.compensation.set(self.scopes[name], self.current[name])
+            chosen = self.compensation.set(self.scopes[name], self.current[name])
+            if chosen is not None:  # the method chose other groups at this count (OBS): those are what is measured
+                self.current[name].copy_(chosen)
 
     def measure(self, requests: Sequence[tuple[PrunableScope, int, torch.Tensor]], desc: str,
                 local: bool = False, checkpoint: SweepCheckpoint | None = None) -> list[float]:
