@@ -122,12 +122,17 @@ def test_ctrl_c_stops_a_sweep_at_a_layer_boundary_with_its_state_written(calibra
     assert resumed.kept == expected.kept and resumed.details["rounds"] == expected.details["rounds"]
 
 
-def test_resume_refuses_the_state_of_another_run(calibration, tmp_path, monkeypatch):
+def _interrupted(calibration, tmp_path, monkeypatch) -> None:
+    """A search killed in its second call leaves its state in ``tmp_path``."""
     model = make_model("qwen2")
     _kill_after(monkeypatch, model, finished_calls=2, layer=0)
     with pytest.raises(Killed):
         make_plan(model, search_config(**_state(tmp_path)), input_ids=calibration)
     monkeypatch.undo()
+
+
+def test_resume_refuses_the_state_of_another_run(calibration, tmp_path, monkeypatch):
+    _interrupted(calibration, tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="belongs to a run with other options"):
         make_plan(make_model("qwen2"), search_config(**_state(tmp_path, resume=True), sparsity=0.4),
                   input_ids=calibration)
@@ -137,11 +142,7 @@ def test_resume_refuses_a_state_another_version_wrote(calibration, tmp_path, mon
     """Costs a search measured with another hf-prune are not mixed with this one's: the record names its version."""
     import hf_prune.runtime.saved_state as saved_state
 
-    model = make_model("qwen2")
-    _kill_after(monkeypatch, model, finished_calls=2, layer=0)
-    with pytest.raises(Killed):
-        make_plan(model, search_config(**_state(tmp_path)), input_ids=calibration)
-    monkeypatch.undo()
+    _interrupted(calibration, tmp_path, monkeypatch)
     monkeypatch.setattr(saved_state, "__version__", "9.9.9")
     with pytest.raises(ConfigError, match=r"written by hf-prune \S+, this is 9\.9\.9; .*--restart"):
         make_plan(make_model("qwen2"), search_config(**_state(tmp_path, resume=True)), input_ids=calibration)

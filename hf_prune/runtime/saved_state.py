@@ -5,8 +5,8 @@ A stage writes its tensors and a JSON record (safetensors + JSON, atomically: th
 means the pair is complete) under a name of its own in ``--state-dir``, at its own checkpoints and when Ctrl-C stops
 it. A state belongs to one run, recognised by a fingerprint of the options that shape the result and of the data it
 reads: ``--resume`` with other options is refused instead of continuing someone else's run, and so is a state another
-version of hf-prune wrote (the record carries the version): a resumed run never mixes numbers of two versions. The JSON's ``progress``
-says in words how far the run got ("Hyperflux step 20", "search call 2, layer 17").
+version of hf-prune wrote (the record carries the version): a resumed run never mixes numbers of two versions. The
+JSON's ``progress`` says in words how far the run got ("Hyperflux step 20", "search call 2, layer 17").
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ weights): SlimGPT's group-wise removal for the same reason — one downdate of H
 each, so an 8B down_proj (d = 14336, 5000 neurons removed at 35%) takes ROUNDS rank-m updates instead of 5000
 rank-1 ones. The search measures every width of a scope with the groups OBS would keep at that count, read off one
 greedy removal order per scope (:func:`obs_removal_order`: its prefixes are nested choices), so it picks the counts
-for the model the cut will write; the cut then makes the greedy choice at each count the search picked. Asymmetric refits (``--refit-on asymmetric``) choose on the
-pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (formed over a copy of
+for the model the cut will write; the cut then makes the greedy choice at each count the search picked. Asymmetric
+refits (``--refit-on asymmetric``) choose on the pruned stream's moments. Memory besides the statistics: the inverse, a d×d float64 matrix (formed over a copy of
 the covariance where it lies, :mod:`.linalg`; with the statistics spilled to a file, in the memory they held), and
 the consumer's weight in float64.
 """
