@@ -8,7 +8,7 @@ SEARCH_MEASURES_CHOICE``); each plan is cut and scored on the corpus **validatio
 library works: the test split stays unseen), in-domain and on one source (``--off-domain``) the calibration never
 saw. 32 x 256 calibration tokens (+ 8 search rows) of the train split without that source, seed 0:
 
-    python eval/bench_search_choice.py                       # SmolLM2-135M, 35% and 50%, off-domain gcide
+    python eval/bench_search_choice.py --sparsities 0.2 0.35 0.5   # SmolLM2-135M, off-domain gcide; ~2.5 h at one thread
 
 Rows are saved as they are measured (merged with those on disk: one process per ``--variants`` may run beside
 another); ``--resume`` keeps them. Writes eval/results/search_choice_<model>.{md,json}.

@@ -94,8 +94,9 @@ def compensate_scope(model: nn.Module, scope: PrunableScope, keep: Sequence[int]
 #: whether the search measures each candidate with the groups the method itself would keep at its count (OBS's
 #: greedy choice, read off one removal order per scope) rather than the importance criterion's; the cut makes the
 #: method's choice either way. Measured on the validation split (``python eval/bench_search_choice.py``, SmolLM2, the
-#: recipe's search, seed 0; eval/results/search_choice_smollm2.md): perplexity ratio in-domain 1.461 → 1.423 at 35%,
-#: 2.102 → 1.982 at 50%; on a source calibration never saw 4.307 → 4.462 at 35% (worse), 6.795 → 6.376 at 50%
+#: recipe's search, seed 0; eval/results/search_choice_smollm2.md): perplexity ratio in-domain 1.172 → 1.174 at 20%,
+#: 1.461 → 1.423 at 35%, 2.102 → 1.982 at 50%; on a source calibration never saw 2.457 → 2.152 at 20%, 4.307 → 4.462
+#: at 35% (worse), 6.795 → 6.376 at 50%
 SEARCH_MEASURES_CHOICE = True
 
 
