@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--search-rows", type=int, default=8)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--off-domain", default="gcide")
-    parser.add_argument("--resume", action="store_true", help="keep the rows already saved with these settings")
+    parser.add_argument("--resume", action="store_true", help="skip the (variant, sparsity) rows already saved (the settings are not compared: resume with the same flags)")
     args = parser.parse_args(argv)
     name = f"search_choice_{args.model}"
     saved = _saved_rows(RESULTS_DIR / f"{name}.json") if args.resume else []
