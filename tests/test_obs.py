@@ -131,3 +131,35 @@ def test_the_search_measures_a_width_with_the_groups_obs_keeps_at_that_count(mon
         assert expected != list(range(scope.num_groups // 2))  # OBS's choice differs from the criterion's here
         assert temporary.set(scope, torch.ones(scope.num_groups)) is None  # dense again
     assert torch.equal(consumer.weight, dense)
+
+
+def test_a_scope_derives_its_removal_order_once_while_its_candidates_are_measured(monkeypatch):
+    """The search restores the base between two candidates of a scope — the dense model, in its first table — and
+    the greedy order derived for the first must serve the next (it was derived again for every candidate); setting
+    another scope forgets it (memory holds one scope's), and the weights are those a fresh derivation gives."""
+    from hf_prune.cut.compensation import obs as obs_module
+
+    calls = []
+    original = obs_module.obs_removal_order
+    monkeypatch.setattr(obs_module, "obs_removal_order", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    scopes = get_adapter(model).scopes(model)
+    rows = torch.randint(0, 200, (6, 32), generator=torch.Generator().manual_seed(3))
+    stats = collect_channel_statistics(model, scopes, rows, gram=True)
+    mlp, attention = (next(s for s in scopes if s.kind == kind and s.layer == 0) for kind in ("mlp", "attention"))
+    widths = [torch.cat([torch.ones(keep), torch.zeros(mlp.num_groups - keep)]) for keep in (4, 9, 13)]
+    consumer = model.get_submodule(mlp.consumer.path)
+    measured = []
+    with TemporaryCompensation(model, scopes, stats, OptimalBrainSurgeonCompensation()) as temporary:
+        for mask in widths:
+            temporary.set(mlp, mask)
+            measured.append(consumer.weight.detach().clone())
+            assert temporary.set(mlp, torch.ones(mlp.num_groups)) is None  # the dense base between candidates
+        assert len(calls) == 1
+        temporary.set(attention, torch.cat([torch.ones(1), torch.zeros(attention.num_groups - 1)]))
+        temporary.set(mlp, widths[0])
+        assert len(calls) == 3  # the attention scope's own order, then the MLP's once more
+    for mask, weight in zip(widths, measured):
+        with TemporaryCompensation(model, scopes, stats, OptimalBrainSurgeonCompensation()) as fresh:
+            fresh.set(mlp, mask)
+            assert torch.equal(consumer.weight, weight)
