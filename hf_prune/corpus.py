@@ -15,8 +15,10 @@ The test split of the reference corpus is only ever evaluated on, never calibrat
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .data import BUILTIN, CALIBRATION_FILE, HELDOUT_FILE
 from .errors import ConfigError, first_line
@@ -67,6 +69,27 @@ def resolve_split_file(path: str | Path | None = None, split: str = "test") -> P
 
 def load_texts(source: TextSource) -> list[str]:
     """All non-empty documents of the source, in their stored order."""
+    dataset, column, builder = _open(source, streaming=False)
+    texts = [text for text in dataset[column] if isinstance(text, str) and text.strip()]
+    if builder == "text":  # paragraphs keep their surrounding line breaks; a document is the text between
+        texts = [text.strip() for text in texts]
+    if not texts:
+        raise ConfigError(f"text {source.name!r} contains no text")
+    return texts
+
+
+def stream_texts(source: TextSource, seed: int, buffer: int = 10_000) -> Iterator[str]:
+    """The non-empty documents of the source, streamed (``datasets``' streaming: a web-scale dataset is read as it
+    is used, never downloaded whole) in an order shuffled with ``seed`` within a window of ``buffer`` documents."""
+    dataset, column, builder = _open(source, streaming=True)
+    for record in dataset.shuffle(seed=seed, buffer_size=buffer):
+        text = record.get(column)
+        if isinstance(text, str) and text.strip():
+            yield text.strip() if builder == "text" else text
+
+
+def _open(source: TextSource, streaming: bool) -> tuple[Any, str, str | None]:
+    """(the ``datasets`` dataset of ``source``, the column holding its text, the local builder or None)."""
     from datasets import load_dataset
 
     name = source.name
@@ -86,23 +109,27 @@ def load_texts(source: TextSource) -> list[str]:
                 raise ConfigError(f"text file {name!r} must end in .txt, .jsonl or .json")
             column = "text" if builder == "text" else source.column
             options = {"sample_by": "paragraph"} if builder == "text" else {}
-            dataset = load_dataset(builder, data_files=str(local), split="train", **options)
+            dataset = load_dataset(builder, data_files=str(local), split="train", streaming=streaming, **options)
         else:
             column = source.column
-            dataset = load_dataset(name, source.config, split=source.split)
+            dataset = load_dataset(name, source.config, split=source.split, streaming=streaming)
+        columns = dataset.column_names if not streaming else _streamed_columns(dataset)
     except ConfigError:
         raise
     except Exception as error:  # datasets raises many types; the user needs the first line only
         raise ConfigError(f"cannot read text {source.name!r}: {first_line(error)}") from error
-    if column not in dataset.column_names:
+    if columns is not None and column not in columns:
         raise ConfigError(f"text {source.name!r} has no column {column!r} "
-                          f"(columns: {', '.join(dataset.column_names)}); pass --calibration-column")
-    texts = [text for text in dataset[column] if isinstance(text, str) and text.strip()]
-    if builder == "text":  # paragraphs keep their surrounding line breaks; a document is the text between
-        texts = [text.strip() for text in texts]
-    if not texts:
-        raise ConfigError(f"text {source.name!r} contains no text")
-    return texts
+                          f"(columns: {', '.join(columns)}); pass --calibration-column")
+    return dataset, column, builder
+
+
+def _streamed_columns(dataset: Any) -> list[str] | None:
+    """A streamed dataset's columns: from its features when known, else from its first record (None: empty)."""
+    if dataset.features is not None:
+        return list(dataset.features)
+    first = next(iter(dataset), None)
+    return list(first) if first is not None else None
 
 
 def load_documents(path: str | Path) -> list[str]:
