@@ -121,9 +121,11 @@ COMPENSATIONS: Registry[Any] = Registry("compensation", {
     "obs": Builtin("hf_prune.cut.compensation.obs:OptimalBrainSurgeonCompensation"),
 })
 
-#: training after the cut, ``(model, train_ids, eval_ids, options, *, seed) -> RecoveryResult``; "none" is no entry
+#: training after the cut, ``(model, text: RecoveryText, options, *, seed, teacher, state_dir, resume) -> RecoveryResult``
+#: (``teacher``: a callable that loads the dense model, called only by a method that reads it); "none" is no entry
 RECOVERIES: Registry[Any] = Registry("recovery", {
-    "lora": Builtin("hf_prune.recovery.lora:recover_with_lora"),
+    "lora": Builtin("hf_prune.recovery.lora:recover"),
+    "distill": Builtin("hf_prune.recovery.distill:recover_with_distillation"),
 })
 
 #: ``(model) -> model`` conversions of the pruned model before it is saved (``stock``: --uniform-shapes)

@@ -57,6 +57,8 @@ class PruningReport:
     quality: dict[str, Any] = field(default_factory=dict)
     #: recovery after the cut (:mod:`hf_prune.recovery`): method, perplexity before / after, cost
     recovery: dict[str, Any] = field(default_factory=dict)
+    #: distillation: the trainer's log, one entry per logging or held-out step (drawn as recovery_curve.png)
+    recovery_curve: list[dict[str, Any]] = field(repr=False, default_factory=list)
     #: compensation refit on the pruned model's activations (``--refit-on pruned``): tokens, layer passes, seconds
     refit: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
@@ -70,6 +72,7 @@ class PruningReport:
         values = asdict(self)
         values.pop("scores")
         values.pop("trajectory")
+        values.pop("recovery_curve")
         values["achieved_sparsity"] = self.achieved_sparsity
         return values
 

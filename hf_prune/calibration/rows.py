@@ -19,6 +19,7 @@ from ..config import CalibrationOptions, PruningConfig
 from ..corpus import TextSource, load_texts
 from ..data import BUILTIN
 from ..errors import ConfigError
+from .stream import PackedTokenStream
 
 logger = logging.getLogger(__name__)
 
@@ -78,21 +79,28 @@ def calibration_rows(model: nn.Module, tokenizer: Any, options: CalibrationOptio
 
 
 class RecoveryText(NamedTuple):
-    """The rows recovery trains on, the rows it is judged on (never trained on), and where they came from."""
+    """The rows recovery trains on, the rows it is judged on (never trained on), and where they came from; for
+    ``--recover distill``, the stream it reads for as many tokens as its budget (``train`` is then None)."""
 
-    train: torch.Tensor
+    train: torch.Tensor | None
     held_out: torch.Tensor
     source: str
+    stream: PackedTokenStream | None = None
 
 
 def recovery_rows(model: nn.Module, tokenizer: Any, config: PruningConfig) -> RecoveryText:
-    """--recover-data (default: the calibration text), its last --recover-eval-rows rows held out."""
+    """--recover-data (default: the calibration text), --recover-eval-rows rows held out: the last rows of a fixed
+    set (``lora``), or the first rows of the stream (``distill``, whose documents it then never trains on)."""
     options, calibration = config.recovery, config.calibration
     name = options.data or calibration.source
     if name is None:
         raise ConfigError(f"--recover {options.method} needs text to train on: pass --recover-data (or --calibration) "
                           f"FILE.txt|FILE.jsonl|DATASET, or '{BUILTIN}'")
     source = calibration.text_source() if options.data is None else TextSource(name)
-    rows = load_calibration(source, tokenizer, samples=options.samples + options.eval_rows,
-                            seq_len=resolve_seq_len(model, calibration.seq_len), seed=config.seed)
+    seq_len = resolve_seq_len(model, calibration.seq_len)
+    if options.method == "distill":
+        stream = PackedTokenStream(source, tokenizer, seq_len, held_out=options.eval_rows, seed=config.seed)
+        return RecoveryText(None, stream.held_out(), name, stream)
+    rows = load_calibration(source, tokenizer, samples=options.samples + options.eval_rows, seq_len=seq_len,
+                            seed=config.seed)
     return RecoveryText(rows[: options.samples], rows[options.samples:], name)

@@ -22,6 +22,7 @@ from .run import (
 )
 from .sections import (
     GATE_INIT,
+    RECOVER_PARAMS,
     SECTIONS,
     CalibrationOptions,
     HyperfluxOptions,
@@ -31,7 +32,7 @@ from .sections import (
 )
 
 __all__ = [
-    "DTYPE_CHOICES", "GATE_INIT", "REFIT_INPUTS", "SECTIONS", "UNITS", "CalibrationOptions", "EvalOptions", "HubTarget",
+    "DTYPE_CHOICES", "GATE_INIT", "RECOVER_PARAMS", "REFIT_INPUTS", "SECTIONS", "UNITS", "CalibrationOptions", "EvalOptions", "HubTarget",
     "HyperfluxOptions", "LoadOptions", "PruningConfig", "QualityCheck", "RecoveryOptions", "RunOptions", "RunStateOptions",
     "SearchOptions", "compensation_choices", "effective_config", "flat_options", "is_embedded_default",
     "load_recipe", "merge_options", "section_aliases", "section_owners", "split_options",

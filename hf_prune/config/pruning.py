@@ -142,6 +142,8 @@ class PruningConfig:
 
     def _check_section(self, name: str) -> None:
         section, owners = getattr(self, name), section_owners(name)
+        if name == "state" and self.resumable:
+            owners = []  # a distillation keeps its checkpoints there, whatever the target
         if owners and self.target not in owners:
             changed = next((f for f in fields(section) if getattr(section, f.name) != default_of(f)), None)
             if changed is not None:
@@ -174,8 +176,9 @@ class PruningConfig:
 
     @property
     def resumable(self) -> bool:
-        """Whether the target keeps a state in ``--state-dir`` that an interrupted run continues from (Ctrl-C saves it)."""
-        return bool(TARGETS.traits(self.target).get("resumable"))
+        """Whether the run keeps a state in ``--state-dir`` that an interrupted run continues from (Ctrl-C saves it):
+        its target's (a search's cost tables, Hyperflux's gates) or its recovery's (distillation's checkpoints)."""
+        return bool(TARGETS.traits(self.target).get("resumable")) or self.recovery.method == "distill"
 
     @property
     def held_out_rows(self) -> int:

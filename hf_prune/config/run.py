@@ -17,7 +17,7 @@ from typing import Any
 
 from ..data import BUILTIN, DEFAULT_MODEL_DIR
 from ..errors import ConfigError
-from ..registry import IMPORTANCES
+from ..registry import IMPORTANCES, TARGETS
 from ..tasks import LOCAL_TASKS
 from .fields import check_choice, flag_name, section_option
 from .pruning import PruningConfig
@@ -212,7 +212,8 @@ def effective_config(config: PruningConfig, options: RunOptions, model_id: str |
 
     - the embedded default calibrates on the text shipped with it, when the run reads text (``needs_text``);
     - ``--layerwise`` calibrates layer by layer (``--sequential``);
-    - a resumable target keeps its state beside the output (``<output>.hyperflux-state``, ``<output>.search-state``).
+    - a resumable run keeps its state beside the output (``<output>.hyperflux-state``, ``<output>.search-state``;
+      ``<output>.recovery-state`` for a distillation after a target that keeps none).
     """
     changes: dict[str, Any] = {}
     calibration: dict[str, Any] = {}
@@ -223,7 +224,8 @@ def effective_config(config: PruningConfig, options: RunOptions, model_id: str |
     if calibration:
         changes["calibration"] = calibration
     if config.resumable and not config.state.dir and options.output_dir is not None:
-        state_dir = str(Path(options.output_dir).expanduser().resolve()) + f".{config.target}-state"
+        keeper = config.target if TARGETS.traits(config.target).get("resumable") else "recovery"
+        state_dir = str(Path(options.output_dir).expanduser().resolve()) + f".{keeper}-state"
         changes["state"] = {"dir": state_dir}
     return config.with_changes(**changes) if changes else config
 

@@ -155,42 +155,116 @@ class RunStateOptions:
             raise ConfigError("give --resume (continue the saved state) or --restart (discard it), not both")
 
 
+#: what the student of ``--recover distill`` trains: every remaining weight, or a LoRA merged afterwards
+RECOVER_PARAMS = ("full", "lora")
+#: the fields each recovery method reads besides the shared ones (the others' flags are refused with it)
+_METHOD_FIELDS = {
+    "lora": ("steps", "samples"),
+    "distill": ("tokens", "params", "distill_lr", "grad_accum", "temperature", "kl_weight", "lm_weight",
+                "hidden_weight", "teacher_bits", "eval_every", "save_minutes", "gradient_checkpointing"),
+}
+
+
 @dataclass
 class RecoveryOptions:
-    """``--recover lora``: after the cut, train a peft LoRA on text, merge it into the weights, save a plain model
-    (``config.recovery``; flags ``--recover``, ``--recover-*``, ``--lora-*``)."""
+    """``--recover``: after the cut, train it back towards the dense model (``config.recovery``; flags
+    ``--recover``, ``--recover-*``, ``--lora-*``, ``--distill-*``, ``--teacher-bits``). ``lora`` trains a peft
+    LoRA on the language-modelling loss for ``--lora-steps``; ``distill`` trains the student (all weights, or a
+    LoRA) on the dense teacher's distributions for a budget of ``--recover-tokens``
+    (:mod:`hf_prune.recovery.distill`)."""
 
     method: str = field(default="none", metadata=section_option("recover", (
-        "recover quality after the cut: 'lora' trains a LoRA adapter (peft) on --recover-data, merges it into "
-        "the weights and saves a plain model; 'none' saves the cut model as it is")))
+        "recover quality after the cut: 'distill' trains the cut model to match the dense teacher's next-token "
+        "distributions on --recover-data for --recover-tokens tokens; 'lora' trains a LoRA adapter (peft) on the "
+        "language-modelling loss; both save a plain model; 'none' saves the cut model as it is")))
     data: str | None = field(default=None, metadata=section_option("recover_data", (
-        "text to train the LoRA on, read like --calibration (a .txt/.jsonl file, a datasets name, 'builtin', "
-        "'reference'); its last --recover-eval-rows rows are held out and report perplexity before and after"),
-        default_help="the calibration text"))
+        "text to train on, read like --calibration (a .txt/.jsonl file, a datasets name — streamed by 'distill', "
+        "never downloaded whole —, 'builtin', 'reference'); its first --recover-eval-rows rows are held out and "
+        "report perplexity (and, distilling, KL to the teacher) before and after"), default_help="the calibration text"))
     rank: int = field(default=8, metadata=section_option("lora_rank", "LoRA rank r of every adapted Linear"))
     alpha: float | None = field(default=None, metadata=section_option(
         "lora_alpha", "LoRA scaling numerator alpha (the update is scaled by alpha / r)", default_help="2 x rank"))
-    steps: int = field(default=100, metadata=section_option("lora_steps", "optimizer steps of LoRA training"))
+    steps: int = field(default=100, metadata=section_option("lora_steps", "optimizer steps of --recover lora"))
     lr: float = field(default=2e-4, metadata=section_option("lora_lr", "AdamW learning rate of the LoRA weights"))
     target_modules: str = field(default="all-linear", metadata=section_option("lora_targets", (
         "comma-separated Linear names to adapt (e.g. q_proj,v_proj,down_proj), or 'all-linear' (every Linear of "
         "the decoder layers, peft's shorthand)")))
-    samples: int = field(default=64, metadata=section_option("recover_samples", "training sequences of --recover-data"))
+    samples: int = field(default=64, metadata=section_option("recover_samples",
+                                                             "training sequences of --recover lora"))
     eval_rows: int = field(default=8, metadata=section_option(
         "recover_eval_rows", "rows of --recover-data held out of training, on which perplexity is reported"))
-    batch_size: int = field(default=4, metadata=section_option("recover_batch_size", "sequences per LoRA optimizer step"))
+    batch_size: int = field(default=4, metadata=section_option("recover_batch_size",
+                                                               "sequences per optimizer step (per process)"))
+    tokens: int = field(default=1_000_000, metadata=section_option("recover_tokens", (
+        "--recover distill: tokens to train on; the steps, a 5% warm-up and the cosine schedule follow from it")))
+    params: str = field(default="full", metadata=section_option("recover_params", (
+        "--recover distill: 'full' trains every remaining weight; 'lora' a LoRA (--lora-rank/--lora-alpha/"
+        "--lora-targets, merged afterwards)")))
+    distill_lr: float | None = field(default=None, metadata=section_option(
+        "distill_lr", "--recover distill: peak AdamW learning rate (the cosine ends at a tenth of it)",
+        default_help="1e-4 with --recover-params full, --lora-lr with lora"))
+    grad_accum: int = field(default=1, metadata=section_option(
+        "recover_grad_accum", "--recover distill: micro-batches of --recover-batch-size per optimizer step"))
+    temperature: float = field(default=1.0, metadata=section_option(
+        "distill_temperature", "--recover distill: softmax temperature of teacher and student (the KL is x T^2)"))
+    kl_weight: float = field(default=1.0, metadata=section_option(
+        "distill_kl_weight", "--recover distill: weight of KL(teacher || student) in the loss"))
+    lm_weight: float = field(default=0.0, metadata=section_option(
+        "distill_lm_weight", "--recover distill: weight of the language-modelling loss on the text itself"))
+    hidden_weight: float = field(default=0.0, metadata=section_option(
+        "distill_hidden_weight", "--recover distill: weight of the last hidden states' relative squared error"))
+    teacher_bits: int | None = field(default=None, metadata=section_option("teacher_bits", (
+        "--recover distill: hold the dense teacher in 8 or 4 bits through bitsandbytes (reloaded from the model's "
+        "source) when memory is short"), default_help="the compute dtype"))
+    eval_every: int = field(default=0, metadata=section_option("recover_eval_every", (
+        "--recover distill: optimizer steps between held-out measures (KL and perplexity); 0: ten over the run")))
+    save_minutes: float = field(default=30.0, metadata=section_option("recover_save_minutes", (
+        "--recover distill: minutes between checkpoints in --state-dir (Ctrl-C also saves one; --resume continues)")))
+    gradient_checkpointing: bool = field(default=False, metadata=section_option("recover_gradient_checkpointing", (
+        "--recover distill: recompute activations in the backward pass (less memory, about a third more time)")))
 
     def validate(self) -> None:
         check_choice("recovery", self.method, ("none", *RECOVERIES))
-        check_positive_int(self, "rank", "steps", "samples", "eval_rows", "batch_size")
-        check_positive_number(self, "lr", *(("alpha",) if self.alpha is not None else ()))
-        if self.method == "none":
-            for f in fields(self):
-                if f.name != "method" and getattr(self, f.name) != f.default:
-                    raise ConfigError(f"{flag_of(self, f.name)} applies with --recover lora only; add "
-                                      "--recover lora or drop the flag")
+        check_choice("--recover-params", self.params, RECOVER_PARAMS)
+        check_positive_int(self, "rank", "steps", "samples", "eval_rows", "batch_size", "tokens", "grad_accum")
+        check_non_negative_int(self, "eval_every")
+        check_positive_number(self, "lr", "temperature", "save_minutes", *(("alpha",) if self.alpha is not None else ()),
+                              *(("distill_lr",) if self.distill_lr is not None else ()))
+        for name in ("kl_weight", "lm_weight", "hidden_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{flag_of(self, name)} must be a number >= 0, got {value!r}")
+        if self.kl_weight + self.lm_weight + self.hidden_weight <= 0:
+            raise ConfigError("--recover distill needs a loss: give --distill-kl-weight, --distill-lm-weight or "
+                              "--distill-hidden-weight a positive value")
+        if self.teacher_bits not in (None, 4, 8):
+            raise ConfigError(f"--teacher-bits must be 4 or 8, got {self.teacher_bits!r}")
+        self._refuse_other_methods_flags()
         if not self.target_modules or not self.target_modules.strip(", "):
             raise ConfigError("--lora-targets names no module; pass e.g. 'all-linear' or 'q_proj,v_proj'")
+
+    def _refuse_other_methods_flags(self) -> None:
+        """A flag changed from its default that the chosen method does not read is an error naming its method."""
+        lora_used = self.method == "lora" or (self.method == "distill" and self.params == "lora")
+        for f in fields(self):
+            if f.name == "method" or getattr(self, f.name) == f.default:
+                continue
+            owners = [method for method, names in _METHOD_FIELDS.items() if f.name in names]
+            if self.method == "none":
+                raise ConfigError(f"{flag_of(self, f.name)} applies with --recover {owners[0] if owners else 'lora'} "
+                                  f"only; add --recover {owners[0] if owners else 'lora'} or drop the flag")
+            if owners and self.method not in owners:
+                raise ConfigError(f"{flag_of(self, f.name)} applies with --recover {owners[0]} only; drop it "
+                                  f"or use --recover {owners[0]}")
+            if f.name in ("rank", "alpha", "target_modules", "lr") and not lora_used:
+                raise ConfigError(f"{flag_of(self, f.name)} applies to a LoRA only; add --recover-params lora")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate distillation peaks at."""
+        if self.distill_lr is not None:
+            return self.distill_lr
+        return self.lr if self.params == "lora" else 1e-4
 
     @property
     def target_module_names(self) -> str | list[str]:

@@ -5,7 +5,8 @@
 - ``allocation.png``: kept fraction per layer (the target's vs uniform at the same budget, when both exist);
 - ``scores/importance.safetensors``: the per-group scores of every pruned scope, for reuse and inspection
   (not beside the weights: vLLM and llama.cpp's converter read every top-level ``*.safetensors`` as weights);
-- ``hyperflux_trajectory.{json,png}``: a learned target's density, target, pressure and open groups per tick.
+- ``hyperflux_trajectory.{json,png}``: a learned target's density, target, pressure and open groups per tick;
+- ``recovery_curve.png``: a distillation's training loss and held-out KL / perplexity against tokens.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from matplotlib.ticker import MaxNLocator
 from safetensors.torch import save_file
 
 from ..plan.hyperflux.trajectory import write_trajectory
+from ..recovery.curve import save_recovery_curve
 from ..registry import TARGETS
 from ..report import PruningReport
 from .card import model_card
 from .summary import has_uniform, plot_title
 
 SCORES_FILE = Path("scores") / "importance.safetensors"
+RECOVERY_CURVE = "recovery_curve.png"
 
 
 def save_allocation_plot(report: PruningReport, path: Path) -> None:
@@ -64,6 +67,8 @@ def write_run_artifacts(report: PruningReport, directory: Path, repo_id: str | N
     if report.trajectory and TARGETS.traits(report.config["target"]).get("learned"):
         names, sizes = zip(*report.pruned_scopes)
         write_trajectory(report.trajectory, names, sizes, directory)
+    if report.recovery_curve:
+        save_recovery_curve(report.recovery_curve, directory / RECOVERY_CURVE, plot_title(report))
     if report.scores:  # in a subfolder: engines (vLLM) read every top-level *.safetensors as weights
         (directory / SCORES_FILE).parent.mkdir(exist_ok=True)
         save_file({name: score.contiguous() for name, score in report.scores.items()}, str(directory / SCORES_FILE))

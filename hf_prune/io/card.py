@@ -44,6 +44,8 @@ def _recovery_section(report: PruningReport) -> str:
     if not recovery:
         return ""
     options = report.config.get("recovery", {})
+    if recovery.get("method") == "distill":
+        return _distillation_section(recovery, options)
     fate = ("merged into the weights, so this is a plain checkpoint" if recovery.get("kept", True) else
             "discarded, because it did not lower the perplexity of the held-out rows")
     return (f"## Recovery\n\nA LoRA (peft; rank {options.get('rank')}, {recovery['steps']} steps, lr "
@@ -52,6 +54,25 @@ def _recovery_section(report: PruningReport) -> str:
             f"Perplexity on {recovery['eval_rows']} held-out rows of that text: {recovery['perplexity_dense']:.3f} "
             f"dense, {recovery['perplexity_before']:.3f} after the cut, {recovery['perplexity_after']:.3f} after "
             "recovery.\n")
+
+
+def _distillation_section(recovery: dict, options: dict) -> str:
+    loss = f"KL divergence of the next-token distributions (temperature {options.get('temperature', 1.0)})"
+    if options.get("kl_weight", 1.0) == 0:
+        loss = "the language-modelling loss"
+    elif options.get("lm_weight"):
+        loss += f" + {options['lm_weight']} x the language-modelling loss"
+    if options.get("hidden_weight"):
+        loss += f" + {options['hidden_weight']} x the last hidden states' relative squared error"
+    student = ("every remaining weight" if options.get("params", "full") == "full" else
+               f"a LoRA (rank {options.get('rank')}, merged into the weights)")
+    kl = (f" KL to the dense model: {recovery['kl_before']:.4f} after the cut, {recovery['kl_after']:.4f} after "
+          "recovery (nats per token)." if recovery.get("kl_before") is not None else "")
+    return (f"## Recovery\n\nDistilled from the dense model ({loss}), training {student} on `{recovery['data']}`: "
+            f"{recovery['train_tokens']:,} tokens in {recovery['steps']} steps. On {recovery['eval_rows']} held-out "
+            f"rows of that text (never trained on), perplexity {recovery['perplexity_dense']:.3f} dense, "
+            f"{recovery['perplexity_before']:.3f} after the cut, {recovery['perplexity_after']:.3f} after "
+            f"recovery.{kl}\n\n![recovery curve](recovery_curve.png)\n")
 
 
 LOAD_PRUNED = """## Load

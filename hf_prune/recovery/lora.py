@@ -12,35 +12,18 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..calibration.rows import RecoveryText
 from ..config import RecoveryOptions
 from ..quality.paired import paired_perplexity
 from ..runtime.offload import execution_device
+from .result import RecoveryResult
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RecoveryResult:
-    """Perplexity on the held-out recovery rows before and after training, and what training cost."""
-
-    method: str
-    perplexity_before: float
-    perplexity_after: float
-    steps: int
-    trainable_parameters: int
-    train_tokens: int
-    seconds: float
-    #: whether the adapter was merged: it is discarded when it did not lower the held-out perplexity
-    kept: bool = True
-
-    def to_dict(self) -> dict[str, float | int | str]:
-        return dict(vars(self))
 
 
 def recover_with_lora(
@@ -81,6 +64,12 @@ def recover_with_lora(
                 eval_ids.shape[0], seconds)
     return RecoveryResult("lora", before, after, options.steps, sum(p.numel() for p in trainable),
                           options.steps * options.batch_size * train_ids.shape[1], seconds, kept)
+
+
+def recover(model: nn.Module, text: RecoveryText, options: RecoveryOptions, *, seed: int = 0, teacher=None,
+            state_dir: str | None = None, resume: bool = False) -> RecoveryResult:
+    """The registry's entry (:data:`hf_prune.registry.RECOVERIES`): the fixed rows of ``text``; no teacher."""
+    return recover_with_lora(model, text.train, text.held_out, options, seed=seed)
 
 
 def _train(peft_model: nn.Module, trainable: list[nn.Parameter], train_ids: torch.Tensor, options: RecoveryOptions,

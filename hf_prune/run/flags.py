@@ -17,6 +17,7 @@ from typing import Any
 from ..config import (
     DTYPE_CHOICES,
     GATE_INIT,
+    RECOVER_PARAMS,
     REFIT_INPUTS,
     SECTIONS,
     UNITS,
@@ -37,7 +38,7 @@ def choices() -> dict[str, list[str]]:
     (a target registered by a plug-in is a choice too)."""
     return {"target": sorted(TARGETS), "importance": sorted(IMPORTANCES), "units": list(UNITS),
             "compensate": list(compensation_choices()), "refit_on": list(REFIT_INPUTS), "gate_init": list(GATE_INIT),
-            "recover": ["none", *RECOVERIES], "dtype": list(DTYPE_CHOICES)}
+            "recover": ["none", *RECOVERIES], "recover_params": list(RECOVER_PARAMS), "dtype": list(DTYPE_CHOICES)}
 
 
 def help_text(f: Field) -> str:

@@ -9,6 +9,7 @@ pushed; a failed upload keeps the local checkpoint.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class Run:
     input_ids: torch.Tensor | None = None
     statistics: CalibrationStatistics | None = None
     recovery_text: RecoveryText | None = None
+    teacher: Any = None  # distillation of a model passed loaded: its dense copy, taken before the cut
     dense: DenseMeasures = DenseMeasures(None, None)
     plan: PruningPlan | None = None
     report: PruningReport | None = None
@@ -116,8 +118,16 @@ def load(run: Run) -> None:
 
 
 def read_recovery_text(run: Run) -> None:
-    if run.config.recovery.method != "none" and run.main:
+    """The recovery's text (its held-out rows also score the dense model); for a distillation of a model that was
+    passed loaded, a copy of it as the teacher, taken before the cut (there is no source to load it from again)."""
+    recovery = run.config.recovery
+    if (recovery.method != "none" and run.main) or recovery.method == "distill":  # distillation: every process
         run.recovery_text = recovery_rows(run.model, run.tokenizer, run.config)
+    if recovery.method == "distill" and run.source is None and (recovery.kl_weight or recovery.hidden_weight):
+        if recovery.teacher_bits is not None:
+            raise ConfigError("--teacher-bits loads the teacher again from the model's source; pass the model by "
+                              "name or path, or drop --teacher-bits")
+        run.teacher = copy.deepcopy(run.model)
 
 
 def score_dense(run: Run) -> None:
@@ -159,8 +169,12 @@ def cut(run: Run) -> None:
 
 
 def recover_and_score(run: Run) -> None:
-    """Scores of the cut model, recovery, scores of the recovered one, and the retention table (main process)."""
+    """Scores of the cut model, recovery, scores of the recovered one, and the retention table (main process; a
+    distillation trains in every process, data-parallel under ``accelerate launch``)."""
+    distributed = run.config.recovery.method == "distill"
     if not run.main:
+        if distributed:
+            _recover(run)
         return
     quality = run.options.quality
     pruned_scores = _scores(run) if quality else None
@@ -281,7 +295,23 @@ def _dense_measures(run: Run) -> DenseMeasures:
 def _recover(run: Run) -> None:
     """Run the recovery method on the cut model; its result goes into the report."""
     options, text = run.config.recovery, run.recovery_text
-    run.console.print(f"recovering with {options.method}: {options.steps} steps on {text.source}")
-    result = RECOVERIES[options.method](run.model, text.train, text.held_out, options, seed=run.config.seed)
+    budget = f"{options.tokens:,} tokens" if options.method == "distill" else f"{options.steps} steps"
+    run.console.print(f"recovering with {options.method}: {budget} on {text.source}")
+    result = RECOVERIES[options.method](run.model, text, options, seed=run.config.seed, teacher=lambda: _teacher(run),
+                                        state_dir=run.config.state.dir, resume=run.config.state.resume)
     run.report.recovery = {**result.to_dict(), "data": text.source, "eval_rows": int(text.held_out.shape[0]),
                            "perplexity_dense": run.dense.perplexity}
+    run.report.recovery_curve = result.history
+
+
+def _teacher(run: Run) -> Any:
+    """The dense model for distillation: the copy taken before the cut of a model passed loaded, else the source
+    loaded again (in the compute dtype, or in --teacher-bits through bitsandbytes)."""
+    if run.teacher is not None:
+        teacher, run.teacher = run.teacher, None
+        return teacher
+    bits = run.config.recovery.teacher_bits
+    run.console.print(f"loading the dense teacher from {run.source}" + (f" in {bits} bits" if bits else ""))
+    teacher, _ = load_model(run.source, dtype=run.options.dtype, device_map=device_map_for(run.options.device_map),
+                            quantize_bits=bits)
+    return teacher
