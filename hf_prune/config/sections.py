@@ -179,8 +179,9 @@ class RecoveryOptions:
         "language-modelling loss; both save a plain model; 'none' saves the cut model as it is")))
     data: str | None = field(default=None, metadata=section_option("recover_data", (
         "text to train on, read like --calibration (a .txt/.jsonl file, a datasets name — streamed by 'distill', "
-        "never downloaded whole —, 'builtin', 'reference'); its first --recover-eval-rows rows are held out and "
-        "report perplexity (and, distilling, KL to the teacher) before and after"), default_help="the calibration text"))
+        "never downloaded whole —, 'builtin', 'reference'); --recover-eval-rows of its rows are held out (never "
+        "trained on) and report perplexity (and, distilling, KL to the teacher) before and after"),
+        default_help="the calibration text"))
     rank: int = field(default=8, metadata=section_option("lora_rank", "LoRA rank r of every adapted Linear"))
     alpha: float | None = field(default=None, metadata=section_option(
         "lora_alpha", "LoRA scaling numerator alpha (the update is scaled by alpha / r)", default_help="2 x rank"))
