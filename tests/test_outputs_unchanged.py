@@ -18,8 +18,9 @@ config and report holds the new key (``search.probe_rows: null``), nothing else 
 that compensate by least squares when its ridge came to pull the refit towards the dense kept columns instead of
 towards zero (a change of numbers meant): their refit weights and biases differ, and the search's costs with them —
 it keeps 323 / 107 / 210 neurons in layers 0 / 2 / 3 where it kept 317 / 108 / 215, at a held-out KL of 0.00839
-where it reached 0.00930 (0.00928 layer-wise); every other case is unchanged. Rewrite
-it only for such a change, and say in the commit what differed."""
+where it reached 0.00930 (0.00928 layer-wise); every other case is unchanged. Rewritten when ``--recover distill``
+came: every config holds the recovery section's twelve new keys (``tokens``, ``params``, ``distill_lr``, ...), nothing
+else differed. Rewrite it only for such a change, and say in the commit what differed."""
 
 from __future__ import annotations
 
