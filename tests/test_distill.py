@@ -241,3 +241,47 @@ def test_two_processes_distil_as_one_with_the_same_rows_per_step(tmp_path):
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     for name in one:
         torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_teacher_held_in_8_bits_still_teaches(capsys, tmp_path):
+    """--teacher-bits 8 reloads the dense model through bitsandbytes (its CPU backend here) as the teacher."""
+    from hf_prune.testing import save_tiny_checkpoint
+
+    model_dir = save_tiny_checkpoint("llama", tmp_path / "model")
+    calibration = write_calibration_file(tmp_path / "calib.jsonl", documents=80)
+    code, out, err = run(capsys, "--model", model_dir, "--target", "emp", "--sparsity", "0.3", "--calibration",
+                         calibration, "--calibration-samples", "8", "--seq-len", "32", "--recover", "distill",
+                         "--recover-tokens", str(20 * 4 * 32), "--recover-eval-rows", "4", "--distill-lr", "3e-3",
+                         "--teacher-bits", "8", "--output", tmp_path / "out")
+    assert code == 0, err
+    assert "loading the dense teacher" in out and "in 8 bits" in out
+    report = json.loads((tmp_path / "out" / "hf_prune_report.json").read_text())["recovery"]
+    assert report["kl_after"] < report["kl_before"]
+
+
+def test_the_hidden_state_term_alone_pulls_the_last_hidden_states_together(tokenizer, text, tmp_path):
+    from hf_prune.recovery.losses import hidden_state_loss
+
+    student, teacher = student_and_teacher()
+    stream = PackedTokenStream(text, tokenizer, seq_len=16, held_out=4, seed=0)
+    rows = stream.held_out()
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(hidden_state_loss(student(rows, output_hidden_states=True).hidden_states[-1],
+                                           teacher(rows, output_hidden_states=True).hidden_states[-1]))
+
+    before = gap()
+    settings = DistillationSettings(tokens=20 * 4 * 16, batch_size=4, lr=3e-3, weights=LossWeights(kl=0.0, hidden=1.0))
+    train_with_teacher(student, teacher, stream, settings, seed=0, scratch_dir=str(tmp_path))
+    assert gap() < 0.8 * before
+
+
+def test_a_4_bit_teacher_bitsandbytes_cannot_run_here_is_one_line_before_training(capsys, tmp_path):
+    """bitsandbytes' CPU 4-bit kernel cannot run the embedded default (a 344-wide MLP): said before training."""
+    code, _, err = run(capsys, "--sparsity", "0.3", "--recover", "distill", "--recover-tokens", "2048",
+                       "--teacher-bits", "4", "--output", tmp_path / "o")
+    if code == 0:
+        pytest.skip("this machine's bitsandbytes runs the default model in 4 bits")
+    assert code == 2 and "--teacher-bits 4: bitsandbytes cannot run this model quantized here" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -26,7 +26,7 @@ from ..calibration.statistics import CalibrationStatistics
 from ..config import PruningConfig, RunOptions
 from ..cut.apply import PruningPlan, apply_pruning
 from ..data import BUILTIN
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..io.artifacts import write_run_artifacts
 from ..io.checkpoint import (
     check_quantization_available,
@@ -314,4 +314,19 @@ def _teacher(run: Run) -> Any:
     run.console.print(f"loading the dense teacher from {run.source}" + (f" in {bits} bits" if bits else ""))
     teacher, _ = load_model(run.source, dtype=run.options.dtype, device_map=device_map_for(run.options.device_map),
                             quantize_bits=bits)
+    if bits is not None:
+        _check_quantized_teacher_runs(teacher, bits)
     return teacher
+
+
+def _check_quantized_teacher_runs(teacher: Any, bits: int) -> None:
+    """One token through the quantized teacher, so that a kernel that cannot run this model says so in one line
+    before training starts (bitsandbytes' CPU 4-bit inference packs each weight in blocks of 32 rows and fails on
+    a width that is not a multiple: the embedded default's 344-wide MLP)."""
+    try:
+        with torch.no_grad():
+            teacher(input_ids=torch.zeros(1, 1, dtype=torch.long, device=teacher.device))
+    except (AssertionError, RuntimeError) as error:
+        raise ConfigError(f"--teacher-bits {bits}: bitsandbytes cannot run this model quantized here "
+                          f"({first_line(error)}); use --teacher-bits 8, or leave the "
+                          "teacher in the compute dtype") from error
