@@ -98,6 +98,12 @@ class DistillationTrainer(Trainer):
         self._started = time.perf_counter()
         self._start_step = 0
 
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        """The Trainer's training, the rate's clock started here (a resumed run counts from its checkpoint's step)."""
+        self._started = time.perf_counter()
+        self._start_step = _checkpoint_step(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         input_ids = inputs["input_ids"]
         weights = self.weights
@@ -275,7 +281,6 @@ def train_with_teacher(model: nn.Module, teacher: nn.Module | None, stream: Pack
     with stop_at_step_boundary("the recovery checkpoint", enabled=bool(settings.state_dir)) as request:
         stop = _StopOnRequest(request, args.device, settings.save_minutes if settings.state_dir else None)
         trainer.add_callback(stop)
-        trainer._start_step = _checkpoint_step(resume_from)
         trainer.train(resume_from_checkpoint=resume_from)
     if stop.stopped:
         raise KeyboardInterrupt(f"stopped after step {trainer.state.global_step}; checkpoint in {output_dir}")
