@@ -285,3 +285,16 @@ def test_a_4_bit_teacher_bitsandbytes_cannot_run_here_is_one_line_before_trainin
         pytest.skip("this machine's bitsandbytes runs the default model in 4 bits")
     assert code == 2 and "--teacher-bits 4: bitsandbytes cannot run this model quantized here" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_the_quality_gate_scores_the_distilled_model(capsys, tmp_path):
+    """--min-retention after --recover distill: dense, cut and recovered are scored with lm-eval, the gate judges the
+    recovered one, and the card's quality table and recovery section both come out."""
+    code, out, err = run(capsys, *COMMAND, "--min-retention", "0.5", "--eval-limit", "8", "--output", tmp_path / "out")
+    assert code == 0, err
+    assert "quality gate passed" in out and "after recovery" in out
+    info = json.loads((tmp_path / "out" / "config.json").read_text())["hf_prune"]
+    rows = {row["task"]: row for row in info["quality"]["rows"]}
+    assert all(row.get("recovered") is not None for row in rows.values())
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Quality (lm-eval)" in card and "Distilled from the dense model" in card
