@@ -189,6 +189,17 @@ def update_readme(rows: list[dict], readme: Path = README) -> None:
     replace_between(README_MARKERS, recommended_table(rows), readme)
 
 
+def recovery_section() -> list[str]:
+    """Links to the pages ``eval/bench_recovery.py`` wrote (what a budget of tokens of LoRA / full training, on the
+    LM loss or distilled from the dense teacher, buys back after the cut); none while no run has finished."""
+    pages = sorted(p.name for p in RESULTS_DIR.glob("recovery_*.md"))
+    if not pages:
+        return []
+    return ["", "## Recovery after the cut", "",
+            "Written by `eval/bench_recovery.py` (eval/README.md, section 10): " +
+            ", ".join(f"[`{page}`](results/{page})" for page in pages) + ".", ""]
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", nargs="+", default=None,
@@ -207,6 +218,7 @@ def main(argv: list[str] | None = None) -> Path:
     for name in names:
         lines += compare_section(name)
     lines += torch_pruning_section()
+    lines += recovery_section()
     PAGE.write_text("\n".join(lines))
     print(f"wrote {PAGE}")
     if "compare" in names:

@@ -70,3 +70,10 @@ def test_a_budget_a_method_was_not_measured_at_is_a_dash():
     table = results_page.refit_table(rows)
     assert table[2] == "| SmolLM2-135M (Q4_1 dequantized) | uniform MLP-only + least squares, `--refit-on pruned` | 1.500 | 3.000 |"
     assert table[3] == "|  | the same, `--refit-on asymmetric` | 2.200 | — |"
+
+
+def test_the_page_links_the_recovery_pages_once_one_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(results_page, "RESULTS_DIR", tmp_path)
+    assert results_page.recovery_section() == []
+    (tmp_path / "recovery_smollm2.md").write_text("# Recovery")
+    assert "[`recovery_smollm2.md`](results/recovery_smollm2.md)" in "\n".join(results_page.recovery_section())
