@@ -298,3 +298,21 @@ def test_the_quality_gate_scores_the_distilled_model(capsys, tmp_path):
     assert all(row.get("recovered") is not None for row in rows.values())
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Quality (lm-eval)" in card and "Distilled from the dense model" in card
+
+
+def test_a_model_passed_loaded_is_its_own_teacher_copied_before_the_cut(tmp_path):
+    """prune_pretrained(model, ...) has no source to load the teacher from: the dense model is copied before the cut,
+    and the distillation lowers the KL to it."""
+    import hf_prune
+    from hf_prune.config import RecoveryOptions
+
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    tokenizer = make_tiny_tokenizer()
+    calibration = write_calibration_file(tmp_path / "calib.jsonl", documents=80)
+    config = hf_prune.PruningConfig(target="emp", sparsity=0.3, calibration={"source": calibration, "samples": 8,
+                                                                            "seq_len": 32},
+                                    recovery=RecoveryOptions(method="distill", tokens=20 * 4 * 32, eval_rows=4,
+                                                             distill_lr=3e-3))
+    pruned, report = hf_prune.prune_pretrained(model, config, tokenizer=tokenizer)
+    assert pruned is model and report.recovery["kl_after"] < report.recovery["kl_before"]
+    assert sum(p.numel() for p in model.parameters()) == report.params_after
