@@ -67,10 +67,13 @@ class DistillationSettings:
     state_dir: str | None = None
     resume: bool = False
 
+    def tokens_per_step(self, seq_len: int, processes: int = 1) -> int:
+        """Tokens one optimizer step trains on, over every process."""
+        return self.batch_size * self.grad_accum * seq_len * processes
+
     def steps(self, seq_len: int, processes: int = 1) -> int:
         """Optimizer steps the token budget buys (at least one)."""
-        per_step = self.batch_size * self.grad_accum * seq_len * processes
-        return max(1, math.ceil(self.tokens / per_step))
+        return max(1, math.ceil(self.tokens / self.tokens_per_step(seq_len, processes)))
 
 
 class _TrainingRows(torch.utils.data.IterableDataset):
@@ -270,10 +273,11 @@ def train_with_teacher(model: nn.Module, teacher: nn.Module | None, stream: Pack
         teacher.to(_device_of(model))
     teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
     args = training_arguments(settings, steps, output_dir, seed)
+    # the eval_dataset is what the Trainer checks for; the held-out measures read ``held_out`` (:meth:`evaluate`)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=_TrainingRows(stream),
                                   eval_dataset=[{"input_ids": row} for row in stream.held_out()], teacher=teacher,
                                   weights=settings.weights, held_out=stream.held_out(),
-                                  tokens_per_step=settings.batch_size * settings.grad_accum * seq_len * processes)
+                                  tokens_per_step=settings.tokens_per_step(seq_len, processes))
     if settings.state_dir:
         trainer.add_callback(_RecordOnSave(settings.state_dir, fingerprint_))
     before = held_out_measures(student, teacher, stream.held_out(), settings.batch_size)
@@ -317,10 +321,9 @@ def recover_with_distillation(model: nn.Module, text: RecoveryText, options: Rec
         tokens=options.tokens, batch_size=options.batch_size, grad_accum=options.grad_accum, lr=options.peak_lr,
         params=options.params, lora_rank=options.rank, lora_alpha=options.alpha,
         lora_targets=options.target_module_names, weights=weights, gradient_checkpointing=options.gradient_checkpointing,
-        state_dir=state_dir, resume=resume)
+        save_minutes=options.save_minutes, state_dir=state_dir, resume=resume)
     steps = settings.steps(text.stream.seq_len, process_state().num_processes)
-    settings.eval_every = options.eval_every or max(1, steps // EVALUATIONS)
-    settings.save_minutes = options.save_minutes
+    settings.eval_every = options.eval_every or max(1, steps // EVALUATIONS)  # ten measures when not asked
     dense = teacher() if weights.needs_teacher and teacher is not None else None
     if weights.needs_teacher and dense is None:
         raise ConfigError("--recover distill needs the dense teacher; give the model by name or path, or train on "
