@@ -8,6 +8,7 @@ statistic sees only real tokens, and each process of a distributed run gets rows
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ from ..config import CalibrationOptions, PruningConfig
 from ..corpus import TextSource, load_texts
 from ..data import BUILTIN
 from ..errors import ConfigError
-from .stream import PackedTokenStream
+from .stream import PackedTokenStream, packed_rows
 
 logger = logging.getLogger(__name__)
 
@@ -28,24 +29,21 @@ DEFAULT_SEQ_LEN = 512
 
 
 def tokenize_windows(texts: list[str], tokenizer: Any, samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    """``[samples, seq_len]`` token ids from documents taken in a seeded random order."""
+    """``[samples, seq_len]`` token ids from documents taken in a seeded random order (:func:`packed_rows`)."""
     if tokenizer is None:
         raise ConfigError("calibration needs the model's tokenizer, and none was found beside the model")
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
-    needed = samples * seq_len
-    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    buffer: list[int] = []
-    for index in order:
-        buffer.extend(tokenizer(texts[index], add_special_tokens=False, verbose=False)["input_ids"] + separator)
-        if len(buffer) >= needed:
-            break
-    if len(buffer) < needed:
+    rows = list(itertools.islice(packed_rows((texts[index] for index in order), tokenizer, seq_len), samples))
+    if len(rows) < samples:
+        separator = 1 if tokenizer.eos_token_id is not None else 0
+        available = sum(len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) + separator
+                        for text in texts)
         raise ConfigError(
-            f"calibration text is too short: {len(buffer):,} tokens, but {samples} samples x {seq_len} tokens "
-            f"= {needed:,} are needed; give more text or lower --calibration-samples / --seq-len"
+            f"calibration text is too short: {available:,} tokens, but {samples} samples x {seq_len} tokens "
+            f"= {samples * seq_len:,} are needed; give more text or lower --calibration-samples / --seq-len"
         )
-    return torch.tensor(buffer[:needed], dtype=torch.long).reshape(samples, seq_len)
+    return torch.stack(rows)
 
 
 def load_calibration(source: TextSource, tokenizer: Any, *, samples: int, seq_len: int, seed: int) -> torch.Tensor:

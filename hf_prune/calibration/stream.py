@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -36,7 +36,6 @@ class PackedTokenStream:
         if tokenizer is None:
             raise ConfigError("recovery needs the model's tokenizer, and none was found beside the model")
         self.source, self.tokenizer, self.seq_len, self.seed = source, tokenizer, seq_len, seed
-        self._separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self._held_out_documents: set[bytes] = set()
         self.held_out_rows = self._take_held_out(held_out)
 
@@ -78,13 +77,24 @@ class PackedTokenStream:
                 yield text
 
     def _pack(self, documents: Iterator[str], seen: set[bytes] | None = None) -> Iterator[torch.Tensor]:
-        """Full rows of the documents' tokens, an EOS between documents; every document read is added to ``seen``
-        before a row of it is given out (so the held-out set holds every document its rows touched)."""
-        buffer: list[int] = []
-        for text in documents:
-            if seen is not None:
-                seen.add(_fingerprint(text))
-            buffer.extend(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + self._separator)
-            while len(buffer) >= self.seq_len:
-                row, buffer = buffer[: self.seq_len], buffer[self.seq_len:]
-                yield torch.tensor(row, dtype=torch.long)
+        """:func:`packed_rows` of the documents; every document read is added to ``seen`` before a row of it is given
+        out (so the held-out set holds every document its rows touched)."""
+        on_document = (lambda text: seen.add(_fingerprint(text))) if seen is not None else None
+        return packed_rows(documents, self.tokenizer, self.seq_len, on_document)
+
+
+def packed_rows(documents: Iterable[str], tokenizer: Any, seq_len: int,
+                on_document: Callable[[str], None] | None = None) -> Iterator[torch.Tensor]:
+    """Full rows of ``seq_len`` tokens of the documents in order, an EOS token after each (no padding: every token
+    is a real one); ``on_document`` is called with each document before any row of it is given out."""
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    buffer: list[int] = []
+    for text in documents:
+        if on_document is not None:
+            on_document(text)
+        buffer.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + separator)
+        start = 0
+        while len(buffer) - start >= seq_len:
+            yield torch.tensor(buffer[start:start + seq_len], dtype=torch.long)
+            start += seq_len
+        del buffer[:start]  # once per document: what is left is shorter than a row
