@@ -316,3 +316,28 @@ def test_a_model_passed_loaded_is_its_own_teacher_copied_before_the_cut(tmp_path
     pruned, report = hf_prune.prune_pretrained(model, config, tokenizer=tokenizer)
     assert pruned is model and report.recovery["kl_after"] < report.recovery["kl_before"]
     assert sum(p.numel() for p in model.parameters()) == report.params_after
+
+
+def test_a_quantized_teacher_without_bitsandbytes_is_refused_before_loading(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    import hf_prune.run.stages
+
+    monkeypatch.setattr(hf_prune.run.stages, "load_model", lambda *a, **k: pytest.fail("loaded first"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    code, _, err = run(capsys, *COMMAND, "--teacher-bits", "8", "--output", tmp_path / "o")
+    assert code == 2 and "--teacher-bits 8 needs bitsandbytes: pip install 'hf-prune[bnb]'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_card_names_the_loss_that_was_trained_on():
+    from hf_prune.io.card import _distillation_section
+
+    recovery = {"data": "t", "train_tokens": 10, "steps": 1, "eval_rows": 2, "perplexity_dense": 1.0,
+                "perplexity_before": 2.0, "perplexity_after": 1.5}
+    hidden_only = _distillation_section(recovery, {"kl_weight": 0.0, "hidden_weight": 1.0})
+    assert "(the last hidden states' relative squared error)" in hidden_only
+    mixed = _distillation_section(recovery, {"kl_weight": 1.0, "lm_weight": 0.5, "temperature": 2.0})
+    assert "(KL divergence of the next-token distributions (temperature 2.0) + 0.5 x the language-modelling loss)" in mixed

@@ -57,13 +57,11 @@ def _recovery_section(report: PruningReport) -> str:
 
 
 def _distillation_section(recovery: dict, options: dict) -> str:
-    loss = f"KL divergence of the next-token distributions (temperature {options.get('temperature', 1.0)})"
-    if options.get("kl_weight", 1.0) == 0:
-        loss = "the language-modelling loss"
-    elif options.get("lm_weight"):
-        loss += f" + {options['lm_weight']} x the language-modelling loss"
-    if options.get("hidden_weight"):
-        loss += f" + {options['hidden_weight']} x the last hidden states' relative squared error"
+    terms = [(options.get("kl_weight", 1.0), "KL divergence of the next-token distributions (temperature "
+                                             f"{options.get('temperature', 1.0)})"),
+             (options.get("lm_weight", 0.0), "the language-modelling loss"),
+             (options.get("hidden_weight", 0.0), "the last hidden states' relative squared error")]
+    loss = " + ".join(name if weight == 1 else f"{weight} x {name}" for weight, name in terms if weight)
     student = ("every remaining weight" if options.get("params", "full") == "full" else
                f"a LoRA (rank {options.get('rank')}, merged into the weights)")
     kl = (f" KL to the dense model: {recovery['kl_before']:.4f} after the cut, {recovery['kl_after']:.4f} after "

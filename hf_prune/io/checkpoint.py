@@ -117,13 +117,15 @@ def load_pretrained_model(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
                              "(hf-prune reads safetensors only, never pickle)") from error
 
 
-def check_quantization_available(bits: int) -> None:
-    """A quantized base needs bitsandbytes (its CPU backend works too): say so before anything is loaded."""
+def check_quantization_available(bits: int, flag: str | None = None,
+                                 otherwise: str = "drop the flag to train gates on the full-precision base") -> None:
+    """A quantized base (or teacher, ``flag`` ``--teacher-bits``) needs bitsandbytes (its CPU backend works too):
+    say so before anything is loaded."""
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError(f"--load-in-{bits}bit needs bitsandbytes: pip install 'hf-prune[bnb]' "
-                             "(or drop the flag to train gates on the full-precision base)")
+        raise ModelLoadError(f"{flag or f'--load-in-{bits}bit'} needs bitsandbytes: pip install 'hf-prune[bnb]' "
+                             f"(or {otherwise})")
 
 
 def load_model(

@@ -97,6 +97,9 @@ def check_before_loading(run: Run) -> None:
     options.check_with(config, loaded=run.source is None, processes=process_state().num_processes)
     if options.quantize_bits is not None:
         check_quantization_available(options.quantize_bits)
+    if config.recovery.teacher_bits is not None:  # found now, not after the cut
+        check_quantization_available(config.recovery.teacher_bits, f"--teacher-bits {config.recovery.teacher_bits}",
+                                     "drop it to keep the teacher in the compute dtype")
     check_budget(run.model if run.source is None else empty_model(run.source), config)
     if options.output_dir is not None:
         prepare_output_dir(options.output_dir, options.overwrite)
