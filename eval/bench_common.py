@@ -128,12 +128,13 @@ def ratio_cell(ratios: list[float], achieved: list[float]) -> str:
     return f"{mean:.3f}{spread} ({100 * stats_lib.mean(achieved):.1f}%)"
 
 
-def split_by_source(source: str, directory: Path) -> dict[str, str]:
-    """JSONL files: the train split without ``source`` (calibration), the validation split without it (in-domain)
-    and the validation split of ``source`` only (off-domain)."""
+def split_by_source(source: str, directory: Path, scored: str = "validation") -> dict[str, str]:
+    """JSONL files: the train split without ``source`` (calibration), the ``scored`` split without it (in-domain)
+    and the ``scored`` split of ``source`` only (off-domain). Benchmarks that choose constants score the validation
+    split; those that report the product's quality, the test split."""
     files = {}
-    for name, split, keep in (("calibration", "train", False), ("in-domain", "validation", False),
-                              ("off-domain", "validation", True)):
+    for name, split, keep in (("calibration", "train", False), ("in-domain", scored, False),
+                              ("off-domain", scored, True)):
         lines = [line for line in resolve_split_file(None, split).read_text().splitlines() if line.strip()]
         kept = [line for line in lines if (json.loads(line)["source"] == source) == keep]
         path = directory / f"{name}.jsonl"

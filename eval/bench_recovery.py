@@ -38,10 +38,10 @@ EVAL_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(EVAL_DIR.parent))
 sys.path.insert(0, str(EVAL_DIR))
 import hf_prune  # noqa: E402
-from bench_common import CUT_MODELS, QUIET, RESULTS_DIR, write_results  # noqa: E402
+from bench_common import CUT_MODELS, QUIET, RESULTS_DIR, split_by_source, write_results  # noqa: E402
 from hf_prune.calibration.stream import PackedTokenStream  # noqa: E402
 from hf_prune.config import PruningConfig, RecoveryOptions, load_recipe  # noqa: E402
-from hf_prune.corpus import TextSource, resolve_split_file  # noqa: E402
+from hf_prune.corpus import TextSource  # noqa: E402
 from hf_prune.quality import fixed_token_set, window_nll  # noqa: E402
 from hf_prune.recovery.distill import recover_with_distillation  # noqa: E402
 from hf_prune.calibration.rows import RecoveryText  # noqa: E402
@@ -50,21 +50,6 @@ RECIPE = EVAL_DIR.parent / "recipes" / "search-lstsq.yaml"
 #: method -> (trained parameters, KL weight, LM weight)
 METHODS = {"LoRA-LM": ("lora", 0.0, 1.0), "full-LM": ("full", 0.0, 1.0),
            "LoRA-KD": ("lora", 1.0, 0.0), "full-KD": ("full", 1.0, 0.0)}
-
-
-def domain_files(source: str, directory: Path) -> dict[str, str]:
-    """JSONL files: the train split without ``source`` (cut and recovery text), the test split without it
-    (in-domain) and with it only (off-domain)."""
-    files = {}
-    for name, split, keep in (("train", "train", False), ("in-domain", "test", False), ("off-domain", "test", True)):
-        lines = [line for line in resolve_split_file(None, split).read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if (json.loads(line)["source"] == source) == keep]
-        if not kept:
-            sys.exit(f"error: the corpus split {split!r} has no text for {name} with source {source!r}")
-        path = directory / f"{name}.jsonl"
-        path.write_text("\n".join(kept) + "\n")
-        files[name] = str(path)
-    return files
 
 
 class Scorer:
@@ -186,7 +171,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = json.loads(partial.read_text())["rows"] if args.resume and partial.is_file() else []
     workdir = args.workdir / args.model
     workdir.mkdir(parents=True, exist_ok=True)
-    files = domain_files(args.off_domain, workdir)
+    files = split_by_source(args.off_domain, workdir, scored="test")
+    if not Path(files["off-domain"]).read_text().strip():
+        sys.exit(f"error: the corpus test split has no text of source {args.off_domain!r}; pass another --off-domain")
     dense = AutoModelForCausalLM.from_pretrained(CUT_MODELS[args.model], dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(CUT_MODELS[args.model])
     scorer = Scorer(dense, tokenizer, files, args.eval_windows, args.batch_size)
@@ -194,13 +181,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for sparsity, method, budget in runs(args):
         if (sparsity, method, budget) in done:
             continue
-        cut_dir = cut_model(CUT_MODELS[args.model], sparsity, files["train"], workdir, args)
+        cut_dir = cut_model(CUT_MODELS[args.model], sparsity, files["calibration"], workdir, args)
         if (sparsity, "cut", 0) not in done:
             cut = AutoModelForCausalLM.from_pretrained(cut_dir, dtype=torch.float32).eval()
             rows.append({"sparsity": sparsity, "method": "cut", "tokens": 0, "tokens_budget": 0, **scorer.ratios(cut)})
             done.add((sparsity, "cut", 0))
         started = time.perf_counter()
-        model, result = recover(cut_dir, dense, tokenizer, files["train"], method, budget,
+        model, result = recover(cut_dir, dense, tokenizer, files["calibration"], method, budget,
                                 workdir / f"state-{sparsity:g}-{method}-{budget}", args)
         row = {"sparsity": sparsity, "method": method, "tokens_budget": budget, "tokens": result.train_tokens,
                **scorer.ratios(model.eval()), "kl_after": result.kl_after, "seconds": time.perf_counter() - started,
